@@ -1,0 +1,250 @@
+"""Typed protocol messages and their byte encoding.
+
+How this works
+--------------
+Every record's plaintext is exactly one message: a one-byte type followed
+by a fixed big-endian layout and, for some types, one trailing UTF-8
+string with a u16 length.  ``Data`` is the exception that makes the fast
+path cheap: its body is the raw chunk, so the channel can read a file
+straight into a record buffer after one type byte.
+
+All sizes, offsets and ids are unsigned 64-bit; mtimes are signed 64-bit
+nanoseconds.  Nothing here is trusted: :func:`decode` checks the type, the
+exact length, the string's UTF-8 and its length limit, and raises
+:class:`MessageError` for anything else.  Names are not checked for safety
+here; that is the storage layer's job, in one place.
+
+The byte layouts are listed in ``docs/protocol.md``; this module is their
+one implementation.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+DIGEST_LEN = 32
+MAX_TEXT = 4096  # longest name or reason, in UTF-8 bytes
+
+
+class MessageError(Exception):
+    """A plaintext that is not a well-formed message."""
+
+
+class Kind(enum.IntEnum):
+    HELLO = 0x00
+    OFFER = 0x01
+    ACCEPT = 0x02
+    REJECT = 0x03
+    DATA = 0x10
+    END = 0x11
+    ABORT = 0x12
+    DONE = 0x13
+    CLOSE = 0x20
+    ERROR = 0x21
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Handshake payload: protocol version and the largest record accepted."""
+
+    version: int
+    max_plaintext: int
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Sender proposes a file: id in job order, relative name, metadata."""
+
+    file_id: int
+    size: int
+    mtime_ns: int
+    mode: int
+    overwrite: bool
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    file_id: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Receiver refuses (or, after Accept, fails) one file; job goes on."""
+
+    file_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """The next chunk of the file currently being sent."""
+
+    payload: memoryview | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Sender has sent every byte of file_id; digest covers the whole file."""
+
+    file_id: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Sender gives up on the current file; the receiver discards it."""
+
+    file_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Receiver committed file_id durably; digest is its own computation."""
+
+    file_id: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """No more files from this side; answered by Close after the last Done."""
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Fatal: the session ends after this message."""
+
+    code: int
+    reason: str
+
+
+Message = Hello | Offer | Accept | Reject | Data | End | Abort | Done | Close | Error
+
+# Fixed part of each type's body; a trailing u16-length string follows for
+# the types listed in _WITH_TEXT.
+_LAYOUT: dict[Kind, struct.Struct] = {
+    Kind.HELLO: struct.Struct(">HI"),
+    Kind.OFFER: struct.Struct(">QQqIB"),
+    Kind.ACCEPT: struct.Struct(">QQ"),
+    Kind.REJECT: struct.Struct(">QB"),
+    Kind.END: struct.Struct(f">QQ{DIGEST_LEN}s"),
+    Kind.ABORT: struct.Struct(">QB"),
+    Kind.DONE: struct.Struct(f">Q{DIGEST_LEN}s"),
+    Kind.CLOSE: struct.Struct(">"),
+    Kind.ERROR: struct.Struct(">B"),
+}
+_WITH_TEXT = frozenset({Kind.OFFER, Kind.REJECT, Kind.ABORT, Kind.ERROR})
+_TEXT_LEN = struct.Struct(">H")
+
+
+def _fields(message: Message) -> tuple[Kind, tuple[object, ...], str | None]:
+    match message:
+        case Hello(version, max_plaintext):
+            return Kind.HELLO, (version, max_plaintext), None
+        case Offer(file_id, size, mtime_ns, mode, overwrite, name):
+            return Kind.OFFER, (file_id, size, mtime_ns, mode, overwrite), name
+        case Accept(file_id, offset):
+            return Kind.ACCEPT, (file_id, offset), None
+        case Reject(file_id, code, reason):
+            return Kind.REJECT, (file_id, code), reason
+        case End(file_id, size, digest):
+            return Kind.END, (file_id, size, digest), None
+        case Abort(file_id, code, reason):
+            return Kind.ABORT, (file_id, code), reason
+        case Done(file_id, digest):
+            return Kind.DONE, (file_id, digest), None
+        case Close():
+            return Kind.CLOSE, (), None
+        case Error(code, reason):
+            return Kind.ERROR, (code, reason), None
+    raise TypeError(f"cannot encode {type(message).__name__}")
+
+
+def encode(message: Message) -> bytes:
+    """Return the plaintext of one record carrying message."""
+    if isinstance(message, Data):
+        return bytes([Kind.DATA]) + bytes(message.payload)
+    kind, values, text = _fields(message)
+    if kind is Kind.ERROR:
+        values, text = values[:1], str(values[1])
+    body = _LAYOUT[kind].pack(*values)
+    if kind in _WITH_TEXT:
+        raw = (text or "").encode("utf-8")
+        if len(raw) > MAX_TEXT:
+            raise ValueError("text field too long")
+        body += _TEXT_LEN.pack(len(raw)) + raw
+    return bytes([kind]) + body
+
+
+def _text(body: memoryview) -> str:
+    if len(body) < _TEXT_LEN.size:
+        raise MessageError("truncated text field")
+    (length,) = _TEXT_LEN.unpack(body[: _TEXT_LEN.size])
+    if length > MAX_TEXT or len(body) != _TEXT_LEN.size + length:
+        raise MessageError("bad text field length")
+    try:
+        return bytes(body[_TEXT_LEN.size :]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MessageError("text field is not UTF-8") from None
+
+
+def _build(kind: Kind, v: tuple[Any, ...], text: str) -> Message:
+    if kind is Kind.HELLO:
+        return Hello(v[0], v[1])
+    if kind is Kind.OFFER:
+        if v[4] not in (0, 1):
+            raise MessageError("bad offer flags")
+        return Offer(v[0], v[1], v[2], v[3], bool(v[4]), text)
+    if kind is Kind.ACCEPT:
+        return Accept(v[0], v[1])
+    if kind is Kind.REJECT:
+        return Reject(v[0], v[1], text)
+    if kind is Kind.END:
+        return End(v[0], v[1], v[2])
+    if kind is Kind.ABORT:
+        return Abort(v[0], v[1], text)
+    if kind is Kind.DONE:
+        return Done(v[0], v[1])
+    if kind is Kind.CLOSE:
+        return Close()
+    return Error(v[0], text)
+
+
+def decode(plaintext: memoryview | bytes) -> Message:
+    """Parse one record's plaintext.
+
+    ``Data`` keeps a view into plaintext: it is valid only as long as the
+    caller's buffer is.
+
+    Raises:
+        MessageError: unknown type, wrong length, bad string.
+    """
+    view = memoryview(plaintext)
+    if len(view) == 0:
+        raise MessageError("empty message")
+    try:
+        kind = Kind(view[0])
+    except ValueError:
+        raise MessageError(f"unknown message type 0x{view[0]:02x}") from None
+    if kind is Kind.DATA:
+        return Data(view[1:])
+    layout = _LAYOUT[kind]
+    fixed, rest = view[1 : 1 + layout.size], view[1 + layout.size :]
+    if len(fixed) != layout.size:
+        raise MessageError(f"truncated {kind.name.lower()} message")
+    text = ""
+    if kind in _WITH_TEXT:
+        text = _text(rest)
+    elif len(rest):
+        raise MessageError(f"trailing bytes after {kind.name.lower()} message")
+    return _build(kind, layout.unpack(fixed), text)

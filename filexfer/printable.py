@@ -1,0 +1,58 @@
+"""Make peer-supplied text safe to show on a terminal or in a log line.
+
+Names and messages that come from the other side of a connection (or from a
+hostile file system) may hold bytes that drive a terminal: ESC sequences,
+carriage returns, C1 controls such as the 8-bit CSI, and bidirectional
+overrides that make ``invoice\\u202etxt.exe`` look like ``invoiceexe.txt``.
+Every place that prints such text goes through :func:`printable`, which
+shows those characters in an escaped, visible form and leaves all other
+text alone.  What is stored on disk is never rewritten by this module.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Bidirectional controls (embeddings, overrides, isolates, marks) that
+# reorder what the eye sees without being visible themselves.
+_BIDI = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _is_unsafe(ch: str) -> bool:
+    if ch in _BIDI:
+        return True
+    category = unicodedata.category(ch)
+    # Cc: C0, DEL and C1 controls; Zl/Zp: line and paragraph separators;
+    # Cs: lone surrogates left by os.fsdecode of undecodable bytes.
+    return category in ("Cc", "Zl", "Zp", "Cs")
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte that was not valid UTF-8, smuggled through surrogateescape.
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch, f"\\x{code:02x}")
+    return f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """Return text with every terminal-affecting character escaped.
+
+    Backslashes are doubled so that an escaped form cannot be confused with
+    a name that literally contains ``\\x1b``.
+    """
+    if text.isprintable() and "\\" not in text and not any(ch in _BIDI for ch in text):
+        return text
+    parts = []
+    for ch in text:
+        if ch == "\\":
+            parts.append("\\\\")
+        elif _is_unsafe(ch):
+            parts.append(_escape(ch))
+        else:
+            parts.append(ch)
+    return "".join(parts)

@@ -1,0 +1,331 @@
+"""What ``recv`` does with one authenticated session: decide, write, commit.
+
+How this works
+--------------
+Messages arrive in job order.  Each ``Offer`` is answered at once with
+``Accept`` or ``Reject`` (bad path, exists, not a regular file, no space,
+duplicate in this session); nothing is created on disk for it yet.  Data
+then arrives for the accepted files, in id order: the first ``Data`` or
+``End`` of a file creates its part file, every chunk is hashed and
+written, and ``End`` compares size and digest.  A file that matches joins
+the commit batch; one that does not is deleted and refused.
+
+Commits are batched so that ten thousand small files do not cost ten
+thousand fsyncs: a batch is made durable in one go (``fsync`` for a
+single file, ``syncfs`` for several), then each part is linked or renamed
+to its final name, the directories are synced, and only then is ``Done``
+sent for each file.  A batch is flushed when it is full, when no more
+bytes are waiting on the socket, and at ``Close``.
+
+Anything that breaks the protocol (data for a file that was not accepted,
+more bytes than offered, an unknown id) ends the session with ``Error``;
+whatever was not committed is deleted.  Nothing under a final name is
+ever partial.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import select
+import time
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from . import messages as msgs
+from .errors import Code, FilexferError, ProtocolError, RefusedError
+from .printable import printable
+from .session import Channel
+from .storage import LocalStore, PartFile, Placement, refusal_for
+
+log = logging.getLogger(__name__)
+
+BATCH_FILES = 128
+BATCH_BYTES = 256 << 20
+
+
+@dataclass
+class _Incoming:
+    offer: msgs.Offer
+    placement: Placement
+    part: PartFile | None = None
+    hasher: blake3 | None = None
+    started: float = 0.0
+    discarding: bool = False
+
+
+class ReceiveSession:
+    """Receives one job from an authenticated channel into a store."""
+
+    def __init__(self, channel: Channel, store: LocalStore, session_id: str) -> None:
+        self.channel = channel
+        self.store = store
+        self.session_id = session_id
+        self.queue: collections.deque[_Incoming] = collections.deque()
+        self.batch: list[_Incoming] = []
+        self.batch_bytes = 0
+        self.names: set[str] = set()
+        self.next_id = 0
+        self.committed = 0
+
+    def run(self) -> None:
+        """Serve until the sender's Close; clean up whatever is unfinished.
+
+        Raises:
+            FilexferError: the session failed; the peer has been told when
+                the connection still worked.
+        """
+        try:
+            self._serve()
+        except FilexferError as exc:
+            self._tell_peer(exc)
+            raise
+        finally:
+            self._discard_unfinished()
+
+    def _serve(self) -> None:
+        while True:
+            message = self.channel.recv()
+            if isinstance(message, msgs.Close):
+                self._flush()
+                self.channel.send(msgs.Close())
+                return
+            self._dispatch(message)
+
+    def _dispatch(self, message: msgs.Message) -> None:
+        if isinstance(message, msgs.Offer):
+            self._on_offer(message)
+        elif isinstance(message, msgs.Data):
+            self._on_data(message.payload)
+        elif isinstance(message, msgs.End):
+            self._on_end(message)
+        elif isinstance(message, msgs.Abort):
+            self._on_abort(message)
+        else:
+            raise ProtocolError(f"unexpected {type(message).__name__} from sender")
+
+    # -- offers ---------------------------------------------------------
+
+    def _on_offer(self, offer: msgs.Offer) -> None:
+        if offer.file_id != self.next_id:
+            raise ProtocolError("offer ids out of order")
+        self.next_id += 1
+        try:
+            placement = self._reserve(offer)
+        except RefusedError as exc:
+            self._log_refusal(offer.name, exc)
+            self.channel.send(msgs.Reject(offer.file_id, exc.code, str(exc)))
+            return
+        self.names.add(offer.name)
+        self.queue.append(_Incoming(offer, placement))
+        self.channel.send(msgs.Accept(offer.file_id, 0))
+
+    def _reserve(self, offer: msgs.Offer) -> Placement:
+        if offer.name in self.names:
+            raise RefusedError("sent twice in one job", Code.DUPLICATE)
+        return self.store.reserve(offer.name, offer.size, offer.overwrite)
+
+    def _log_refusal(self, name: str, exc: RefusedError) -> None:
+        level = logging.WARNING if exc.code is Code.BAD_PATH else logging.INFO
+        log.log(
+            level,
+            "event=transfer.refused session=%s key=%s path=%s reason=%s",
+            self.session_id,
+            self.channel.peer_short,
+            printable(name),
+            exc.code.name.lower(),
+        )
+
+    # -- data -----------------------------------------------------------
+
+    def _current(self) -> _Incoming:
+        if not self.queue:
+            raise ProtocolError("data for a file that was not accepted")
+        incoming = self.queue[0]
+        if incoming.part is None and not incoming.discarding:
+            incoming.started = time.monotonic()
+            incoming.hasher = blake3()
+            try:
+                incoming.part = self.store.open_part(incoming.placement)
+            except RefusedError as exc:
+                self._fail_current(incoming, exc)
+        return incoming
+
+    def _on_data(self, payload: memoryview | bytes) -> None:
+        incoming = self._current()
+        if incoming.discarding:
+            return
+        assert incoming.part is not None and incoming.hasher is not None
+        if incoming.part.written + len(payload) > incoming.offer.size:
+            raise ProtocolError(
+                f"{printable(incoming.offer.name)!r}: more bytes than offered"
+            )
+        try:
+            incoming.part.write(payload)
+        except RefusedError as exc:
+            self._fail_current(incoming, exc)
+            return
+        incoming.hasher.update(payload)
+
+    def _fail_current(self, incoming: _Incoming, exc: RefusedError) -> None:
+        """Refuse the file mid-way; its remaining data is read and dropped."""
+        if incoming.part is not None:
+            incoming.part.abort()
+        incoming.discarding = True
+        level = logging.ERROR if exc.code is Code.NO_SPACE else logging.WARNING
+        log.log(
+            level,
+            "event=transfer.failed session=%s key=%s path=%s reason=%s",
+            self.session_id,
+            self.channel.peer_short,
+            printable(incoming.offer.name),
+            exc,
+        )
+        self.channel.send(msgs.Reject(incoming.offer.file_id, exc.code, str(exc)))
+
+    def _take_current(self, file_id: int) -> _Incoming:
+        incoming = self._current()
+        if incoming.offer.file_id != file_id:
+            raise ProtocolError("end or abort for a file that is not current")
+        self.queue.popleft()
+        return incoming
+
+    def _on_end(self, end: msgs.End) -> None:
+        incoming = self._take_current(end.file_id)
+        if incoming.discarding:
+            return
+        part, hasher = incoming.part, incoming.hasher
+        assert part is not None and hasher is not None
+        if end.size != incoming.offer.size or part.written != end.size:
+            part.abort()
+            raise ProtocolError(f"{printable(incoming.offer.name)!r}: size mismatch")
+        if hasher.digest() != end.digest:
+            self._digest_mismatch(incoming)
+            return
+        self._add_to_batch(incoming)
+
+    def _digest_mismatch(self, incoming: _Incoming) -> None:
+        assert incoming.part is not None
+        incoming.part.abort()
+        log.warning(
+            "event=transfer.digest_mismatch session=%s key=%s path=%s",
+            self.session_id,
+            self.channel.peer_short,
+            printable(incoming.offer.name),
+        )
+        self.channel.send(
+            msgs.Reject(incoming.offer.file_id, Code.INTEGRITY, "digest mismatch")
+        )
+
+    def _on_abort(self, abort: msgs.Abort) -> None:
+        incoming = self._take_current(abort.file_id)
+        if incoming.part is not None:
+            incoming.part.abort()
+        else:
+            self.store.release(incoming.placement)
+        log.info(
+            "event=transfer.aborted session=%s key=%s path=%s bytes=%d reason=%s",
+            self.session_id,
+            self.channel.peer_short,
+            printable(incoming.offer.name),
+            incoming.part.written if incoming.part else 0,
+            printable(abort.reason),
+        )
+
+    # -- commits --------------------------------------------------------
+
+    def _add_to_batch(self, incoming: _Incoming) -> None:
+        assert incoming.part is not None
+        offer = incoming.offer
+        try:
+            incoming.part.finish(offer.mode, offer.mtime_ns)
+        except RefusedError as exc:
+            self._fail_current(incoming, exc)
+            return
+        self.batch.append(incoming)
+        self.batch_bytes += offer.size
+        if (
+            len(self.batch) >= BATCH_FILES
+            or self.batch_bytes >= BATCH_BYTES
+            or not self._more_waiting()
+        ):
+            self._flush()
+
+    def _more_waiting(self) -> bool:
+        readable, _, _ = select.select([self.channel.sock], [], [], 0)
+        return bool(readable)
+
+    def _flush(self) -> None:
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        if not batch:
+            return
+        parts = [item.part for item in batch if item.part is not None]
+        try:
+            self._make_durable(parts)
+        except OSError as exc:
+            for item in batch:
+                self._fail_current(item, refusal_for(exc))
+            return
+        for item in batch:
+            self._commit(item)
+        self.store.sync_dirs(parts)
+        for item in batch:
+            if not item.discarding:
+                self._confirm(item)
+        self.store.close_dirs()
+
+    def _make_durable(self, parts: list[PartFile]) -> None:
+        if len(parts) == 1 or not self.store.sync_all():
+            for part in parts:
+                part.sync()
+
+    def _commit(self, item: _Incoming) -> None:
+        assert item.part is not None
+        try:
+            item.part.commit()
+        except RefusedError as exc:
+            self._fail_current(item, exc)
+
+    def _confirm(self, item: _Incoming) -> None:
+        assert item.hasher is not None
+        digest = item.hasher.digest()
+        self.channel.send(msgs.Done(item.offer.file_id, digest))
+        self.committed += 1
+        log.info(
+            "event=transfer.complete session=%s key=%s path=%s bytes=%d "
+            "seconds=%.3f digest=%s",
+            self.session_id,
+            self.channel.peer_short,
+            printable(item.offer.name),
+            item.offer.size,
+            time.monotonic() - item.started,
+            digest.hex()[:16],
+        )
+
+    # -- endings --------------------------------------------------------
+
+    def _tell_peer(self, exc: FilexferError) -> None:
+        try:
+            self.channel.send(msgs.Error(int(exc.code), str(exc)))
+        except FilexferError:
+            pass  # the connection is already gone; nothing more to say
+
+    def _discard_unfinished(self) -> None:
+        for item in list(self.queue) + self.batch:
+            if item.part is not None:
+                if item.part.part_name:
+                    log.info(
+                        "event=transfer.aborted session=%s key=%s path=%s bytes=%d "
+                        "reason=session_ended",
+                        self.session_id,
+                        self.channel.peer_short,
+                        printable(item.offer.name),
+                        item.part.written,
+                    )
+                item.part.abort()
+            else:
+                self.store.release(item.placement)
+        self.queue.clear()
+        self.batch.clear()
+        self.store.close_dirs()

@@ -1,0 +1,445 @@
+"""What ``put`` does: offer files, stream accepted ones, collect confirmations.
+
+How this works
+--------------
+The job is pipelined so that many small files cost no round trip each:
+the writer (the calling thread) keeps up to :data:`OFFER_WINDOW` offers
+ahead of the file it is streaming, and a reader thread collects the
+receiver's answers (``Accept``/``Reject``) and confirmations (``Done``).
+Data for a file is sent only after its ``Accept``, so a refused file costs
+no upload.  Each file ends with ``End`` carrying the BLAKE3 digest of the
+bytes read, and counts as copied only when the receiver's ``Done`` carries
+the same digest, which it sends after the file is durable under its final
+name.
+
+A source is opened once, at offer time; its size, mtime, inode and device
+are compared again after the last byte is read.  Any difference, a short
+read or extra bytes end that file with ``Abort`` instead of ``End``: the
+receiver discards it, and the result says the file changed while being
+sent.  Reading goes through the open descriptor, so a file renamed or
+replaced during the send is sent as it was when opened.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from blake3 import blake3
+
+from . import messages as msgs
+from .errors import (
+    Code,
+    ConnectError,
+    FilexferError,
+    IntegrityError,
+    LocalFileError,
+    ProtocolError,
+    RefusedError,
+    from_code,
+)
+from .printable import printable
+from .session import Channel
+from .storage import check_name
+
+log = logging.getLogger(__name__)
+
+OFFER_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class Source:
+    """A local file and the name it gets on the receiver."""
+
+    path: str
+    name: str
+
+
+@dataclass
+class FileResult:
+    """The outcome of one file of a job."""
+
+    name: str
+    size: int = 0
+    digest: str | None = None
+    seconds: float = 0.0
+    error: FilexferError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.digest is not None
+
+
+def _sources_under(top: str, base: str) -> Iterator[Source]:
+    """Regular files below a directory, sorted; links are skipped."""
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, top)
+        prefix = base if rel == "." else f"{base}/{rel.replace(os.sep, '/')}"
+        for name in sorted(filenames + [d for d in dirnames if _is_link(dirpath, d)]):
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                log.warning("skipping %s: not a regular file", printable(path))
+                continue
+            yield Source(path, f"{prefix}/{name}")
+
+
+def _is_link(dirpath: str, name: str) -> bool:
+    return os.path.islink(os.path.join(dirpath, name))
+
+
+def _source_name(arg: str) -> str:
+    return os.path.basename(os.path.normpath(os.path.abspath(arg)))
+
+
+def collect_sources(
+    args: list[str], recursive: bool
+) -> tuple[list[Source], list[FileResult]]:
+    """Expand command-line paths into sources and local failures."""
+    sources: list[Source] = []
+    failures: list[FileResult] = []
+    for arg in args:
+        name = _source_name(arg)
+        try:
+            info = os.stat(arg)
+        except OSError as exc:
+            failures.append(_local_failure(arg, exc.strerror or str(exc)))
+            continue
+        if stat.S_ISDIR(info.st_mode) and recursive:
+            sources.extend(_sources_under(arg, name))
+        elif stat.S_ISDIR(info.st_mode):
+            failures.append(_local_failure(arg, "is a directory (use -r)"))
+        elif not stat.S_ISREG(info.st_mode):
+            failures.append(_local_failure(arg, "not a regular file"))
+        else:
+            sources.append(Source(arg, name))
+    return _drop_bad_names(sources, failures)
+
+
+def _drop_bad_names(
+    sources: list[Source], failures: list[FileResult]
+) -> tuple[list[Source], list[FileResult]]:
+    kept, seen = [], set()
+    for source in sources:
+        try:
+            check_name(source.name)
+        except RefusedError as exc:
+            failures.append(_local_failure(source.path, f"cannot be sent ({exc})"))
+            continue
+        if source.name in seen:
+            failures.append(_local_failure(source.path, "same name twice in one job"))
+            continue
+        seen.add(source.name)
+        kept.append(source)
+    return kept, failures
+
+
+def _local_failure(path: str, why: str) -> FileResult:
+    return FileResult(path, error=LocalFileError(f"{printable(path)}: {why}"))
+
+
+@dataclass
+class _Opened:
+    file_id: int
+    source: Source
+    file: io.FileIO
+    info: os.stat_result
+    result: FileResult
+    digest: bytes = b""
+    started: float = 0.0
+
+
+@dataclass
+class _Replies:
+    """State shared between the writer and the reply-reading thread."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    decisions: dict[int, msgs.Accept | msgs.Reject] = field(default_factory=dict)
+    outcomes: dict[int, msgs.Done | msgs.Reject] = field(default_factory=dict)
+    failed_while_sending: set[int] = field(default_factory=set)
+    error: FilexferError | None = None
+    closed: bool = False
+
+    def put(self, message: msgs.Message) -> None:
+        with self.cond:
+            self._record(message)
+            self.cond.notify_all()
+
+    def _record(self, message: msgs.Message) -> None:
+        if isinstance(message, msgs.Accept | msgs.Reject) and (
+            message.file_id not in self.decisions
+        ):
+            self.decisions[message.file_id] = message
+            if isinstance(message, msgs.Reject):
+                self.outcomes[message.file_id] = message
+        elif isinstance(message, msgs.Reject):
+            self.failed_while_sending.add(message.file_id)
+            self.outcomes.setdefault(message.file_id, message)
+        elif isinstance(message, msgs.Done):
+            self.outcomes.setdefault(message.file_id, message)
+        else:
+            raise ProtocolError(f"unexpected {type(message).__name__} from peer")
+
+    def stop(self, error: FilexferError | None) -> None:
+        with self.cond:
+            self.closed = True
+            self.error = self.error or error
+            self.cond.notify_all()
+
+    def wait_decision(self, file_id: int) -> msgs.Accept | msgs.Reject:
+        with self.cond:
+            while file_id not in self.decisions:
+                self._raise_if_stopped()
+                self.cond.wait()
+            return self.decisions[file_id]
+
+    def _raise_if_stopped(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.closed:
+            raise ProtocolError("receiver closed the session early")
+
+
+def _read_replies(channel: Channel, replies: _Replies) -> None:
+    try:
+        while True:
+            message = channel.recv()
+            if isinstance(message, msgs.Close):
+                replies.stop(None)
+                return
+            replies.put(message)
+    except FilexferError as exc:
+        replies.stop(exc)
+    except Exception as exc:
+        replies.stop(FilexferError(f"internal error in reply reader: {exc!r}"))
+
+
+ProgressFn = Callable[[int], None]
+StartFn = Callable[[str, int], None]
+ResultFn = Callable[[FileResult], None]
+
+
+class _Job:
+    """One pass over the sources on one channel."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        sources: list[Source],
+        overwrite: bool,
+        on_progress: ProgressFn,
+        on_start: StartFn,
+    ) -> None:
+        self.channel = channel
+        self.sources = sources
+        self.overwrite = overwrite
+        self.on_progress = on_progress
+        self.on_start = on_start
+        self.replies = _Replies()
+        self.offered: list[_Opened] = []
+        self.failed_locally: list[FileResult] = []
+        self._next_source = 0
+
+    def run(self) -> list[FileResult]:
+        reader = threading.Thread(
+            target=_read_replies, args=(self.channel, self.replies), daemon=True
+        )
+        reader.start()
+        try:
+            self._send_all()
+            self.channel.send(msgs.Close())
+            reader.join()
+        except FilexferError as exc:
+            # A failed write usually means the receiver hung up; its reason
+            # (an Error message) may still be in flight to the reader.
+            reader.join(timeout=2)
+            raise self.replies.error or exc from exc
+        finally:
+            self.channel.close()
+            reader.join(timeout=5)
+            for opened in self.offered:
+                opened.file.close()
+        return self._results()
+
+    def _send_all(self) -> None:
+        position = 0
+        while True:
+            self._offer_ahead(position)
+            if position >= len(self.offered):
+                return
+            self._send_one(self.offered[position])
+            position += 1
+
+    def _offer_ahead(self, position: int) -> None:
+        while (
+            self._next_source < len(self.sources)
+            and len(self.offered) - position < OFFER_WINDOW
+        ):
+            source = self.sources[self._next_source]
+            self._next_source += 1
+            opened = self._open(source)
+            if opened is not None:
+                self._offer(opened)
+
+    def _open(self, source: Source) -> _Opened | None:
+        try:
+            handle = io.FileIO(source.path, "rb")
+            info = os.fstat(handle.fileno())
+        except OSError as exc:
+            self.failed_locally.append(
+                _local_failure(source.path, exc.strerror or str(exc))
+            )
+            return None
+        result = FileResult(source.name, size=info.st_size)
+        return _Opened(len(self.offered), source, handle, info, result)
+
+    def _offer(self, opened: _Opened) -> None:
+        info = opened.info
+        self.channel.send(
+            msgs.Offer(
+                opened.file_id,
+                info.st_size,
+                info.st_mtime_ns,
+                stat.S_IMODE(info.st_mode),
+                self.overwrite,
+                opened.source.name,
+            )
+        )
+        self.offered.append(opened)
+
+    def _send_one(self, opened: _Opened) -> None:
+        decision = self.replies.wait_decision(opened.file_id)
+        if isinstance(decision, msgs.Reject):
+            return
+        opened.started = time.monotonic()
+        self.on_start(opened.source.name, opened.info.st_size)
+        try:
+            opened.digest = self._stream(opened)
+        except LocalFileError as exc:
+            opened.result.error = exc
+            self.channel.send(msgs.Abort(opened.file_id, exc.code, str(exc)))
+            return
+        if opened.digest:
+            self.channel.send(
+                msgs.End(opened.file_id, opened.info.st_size, opened.digest)
+            )
+
+    def _stream(self, opened: _Opened) -> bytes:
+        """Send the file's bytes; return the digest, or b"" if it failed."""
+        hasher = blake3()
+        buffer = self.channel.data_buffer()
+        remaining = opened.info.st_size
+        reader = opened.file
+        while remaining > 0:
+            if opened.file_id in self.replies.failed_while_sending:
+                self.channel.send(msgs.Abort(opened.file_id, Code.IO_ERROR, "stopped"))
+                return b""
+            count = _read_into(reader, buffer[: min(len(buffer), remaining)], opened)
+            hasher.update(buffer[:count])
+            self.channel.send_data(count)
+            remaining -= count
+            self.on_progress(count)
+        _check_unchanged(reader, opened)
+        return hasher.digest()
+
+    def _results(self) -> list[FileResult]:
+        results = list(self.failed_locally)
+        for opened in self.offered:
+            results.append(self._settle(opened))
+        return results
+
+    def _settle(self, opened: _Opened) -> FileResult:
+        result = opened.result
+        if result.error is not None:
+            return result
+        outcome = self.replies.outcomes.get(opened.file_id)
+        if isinstance(outcome, msgs.Reject):
+            result.error = from_code(
+                outcome.code,
+                f"receiver refused {printable(opened.source.name)!r}: {outcome.reason}",
+            )
+        elif isinstance(outcome, msgs.Done):
+            self._confirm(opened, outcome)
+        else:
+            result.error = self.replies.error or ConnectError(
+                f"{printable(opened.source.name)}: no confirmation from the receiver"
+            )
+        return result
+
+    def _confirm(self, opened: _Opened, done: msgs.Done) -> None:
+        result = opened.result
+        if done.digest != opened.digest:
+            result.error = IntegrityError(
+                f"{printable(opened.source.name)}: receiver's digest does not match"
+            )
+            return
+        result.digest = done.digest.hex()
+        result.seconds = time.monotonic() - opened.started
+
+
+def _read_into(reader: io.FileIO, view: memoryview, opened: _Opened) -> int:
+    try:
+        count = reader.readinto(view)
+    except OSError as exc:
+        raise LocalFileError(
+            f"{printable(opened.source.path)}: read failed ({exc.strerror})"
+        ) from exc
+    if not count:
+        raise _changed(opened)
+    return int(count)
+
+
+def _changed(opened: _Opened) -> LocalFileError:
+    error = LocalFileError(
+        f"{printable(opened.source.path)} changed while being sent; not copied"
+    )
+    error.code = Code.SOURCE_CHANGED
+    return error
+
+
+def _check_unchanged(reader: io.FileIO, opened: _Opened) -> None:
+    extra = reader.read(1)
+    now = os.fstat(reader.fileno())
+    before = opened.info
+    same = (now.st_size, now.st_mtime_ns, now.st_ino, now.st_dev) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+        before.st_dev,
+    )
+    if extra or not same:
+        raise _changed(opened)
+
+
+def send_files(
+    channel: Channel,
+    sources: list[Source],
+    overwrite: bool = False,
+    on_progress: ProgressFn | None = None,
+    on_start: StartFn | None = None,
+) -> list[FileResult]:
+    """Send every source over an established channel and close it.
+
+    Returns one result per source, in job order (local failures first).
+
+    Raises:
+        FilexferError: the session as a whole failed (connection lost,
+            integrity failure, not authorized); no result is then final.
+    """
+    job = _Job(
+        channel,
+        sources,
+        overwrite,
+        on_progress or (lambda _n: None),
+        on_start or (lambda _n, _s: None),
+    )
+    results = job.run()
+    if job.replies.error is not None:
+        raise job.replies.error
+    return results

@@ -1,0 +1,303 @@
+"""The receiver daemon: accept loop, limits, handshakes, sessions, shutdown.
+
+How this works
+--------------
+One listening socket; one thread per connection.  A connection first holds
+a *handshake slot* (at most ``max_handshakes`` at once, each for at most
+the handshake timeout); a stranger that cannot complete the handshake
+never gets further, never makes the daemon write to disk, and costs at
+most the fixed handshake buffers.  Connections beyond the slot limit are
+closed at once.  After the handshake an authorized sender needs a
+*session slot* (``max_sessions``); when all are busy it is told so with
+an ``Error`` and the connection ends.
+
+SIGINT and SIGTERM stop the accept loop and shut every session's socket;
+each session then deletes its unfinished part files before the process
+exits with status 0.  Part files left by a crash are removed at start-up.
+The daemon never draws progress; it logs one line per event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import secrets
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from . import messages as msgs
+from .errors import Code, ConnectError, FilexferError, TrustError
+from .keys import Identity, authorized_senders, fingerprint, short_fingerprint
+from .receiver import ReceiveSession
+from .records import MAX_PLAINTEXT
+from .session import Channel, Timeouts, accept, translate
+from .storage import LocalStore, NameLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``filexfer recv`` can be told; each has a CLI flag."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 7757
+    once: bool = False
+    max_sessions: int = 16
+    max_handshakes: int = 64
+    max_record: int = MAX_PLAINTEXT
+    min_free: int = 1 << 20
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: NameLimits = field(default_factory=NameLimits)
+    config_home: Path | None = None
+
+
+def _peer_text(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+class Server:
+    """Serves sessions until stopped (or after one session with ``once``)."""
+
+    def __init__(self, config: ServerConfig, identity: Identity) -> None:
+        self.config = config
+        self.identity = identity
+        self.stopping = threading.Event()
+        self.handshake_slots = threading.BoundedSemaphore(config.max_handshakes)
+        self.session_slots = threading.BoundedSemaphore(config.max_sessions)
+        self.live: dict[str, Channel] = {}
+        self.threads: set[threading.Thread] = set()
+        self.lock = threading.Lock()
+        self.once_result: FilexferError | None = None
+        self.listener = self._listen()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def _listen(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        try:
+            sock = socket.create_server(
+                (self.config.host, self.config.port), family=family, backlog=128
+            )
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot listen on {self.config.host}:{self.config.port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        sock.settimeout(0.5)
+        return sock
+
+    def serve(self) -> None:
+        """Run the accept loop until a signal (or the one session) ends it."""
+        self._install_signals()
+        removed = LocalStore(self.config.root).remove_stale_parts()
+        host, port = self.address
+        log.info(
+            "event=recv.listening address=%s key=%s root=%s stale_parts_removed=%d",
+            _peer_text((host, port)),
+            fingerprint(self.identity.public),
+            self.config.root,
+            removed,
+        )
+        try:
+            while not self.stopping.is_set():
+                self._accept_one()
+        finally:
+            self._shutdown()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("event=recv.stopping signal=%s", signal.Signals(signum).name)
+        self.stopping.set()
+
+    def _accept_one(self) -> None:
+        try:
+            conn, address = self.listener.accept()
+        except (TimeoutError, InterruptedError):
+            return
+        except OSError as exc:
+            # Out of descriptors or a connection reset while queued: the
+            # loop must survive it, after a pause so it does not spin.
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("event=recv.accept_failed error=%s", exc.strerror)
+                time.sleep(0.1)
+            return
+        if not self.handshake_slots.acquire(blocking=False):
+            log.warning(
+                "event=session.refused peer=%s reason=too_many_handshakes",
+                _peer_text(address),
+            )
+            conn.close()
+            return
+        self._start(conn, address)
+
+    def _start(self, conn: socket.socket, address: object) -> None:
+        thread = threading.Thread(
+            target=self._handle, args=(conn, address), daemon=True
+        )
+        with self.lock:
+            self.threads.add(thread)
+        thread.start()
+
+    def _handle(self, conn: socket.socket, address: object) -> None:
+        session_id = secrets.token_hex(4)
+        peer = _peer_text(address)
+        channel = None
+        try:
+            channel = self._handshake(conn, peer, session_id)
+        except Exception:
+            log.error(
+                "event=session.crashed session=%s peer=%s",
+                session_id,
+                peer,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+        finally:
+            self.handshake_slots.release()
+        try:
+            if channel is not None:
+                self._run_session(channel, peer, session_id)
+        except Exception:
+            # A bug must cost one session, never the daemon.
+            log.error(
+                "event=session.crashed session=%s peer=%s",
+                session_id,
+                peer,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+        finally:
+            conn.close()
+            with self.lock:
+                self.threads.discard(threading.current_thread())
+
+    def _handshake(
+        self, conn: socket.socket, peer: str, session_id: str
+    ) -> Channel | None:
+        home = self.config.config_home
+        try:
+            return accept(
+                conn,
+                self.identity,
+                lambda key: key in authorized_senders(home),
+                self.config.timeouts,
+                self.config.max_record,
+            )
+        except TrustError as exc:
+            log.warning(
+                "event=session.unauthorized session=%s peer=%s reason=%s",
+                session_id,
+                peer,
+                exc,
+            )
+            _drain_and_close(conn)
+        except FilexferError as exc:
+            log.warning(
+                "event=session.handshake_failed session=%s peer=%s reason=%s",
+                session_id,
+                peer,
+                exc,
+            )
+        return None
+
+    def _run_session(self, channel: Channel, peer: str, session_id: str) -> None:
+        if not self.session_slots.acquire(blocking=False):
+            log.warning(
+                "event=session.refused session=%s peer=%s reason=busy", session_id, peer
+            )
+            with contextlib.suppress(FilexferError):
+                channel.send(msgs.Error(Code.BUSY, "receiver busy"))
+            _drain_and_close(channel.sock)
+            return
+        try:
+            self._serve_session(channel, peer, session_id)
+        finally:
+            self.session_slots.release()
+
+    def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
+        key = short_fingerprint(channel.peer_key)
+        log.info("event=session.start session=%s peer=%s key=%s", session_id, peer, key)
+        with self.lock:
+            self.live[session_id] = channel
+        store = LocalStore(self.config.root, self.config.limits, self.config.min_free)
+        error: FilexferError | None = None
+        session = ReceiveSession(channel, store, session_id)
+        try:
+            session.run()
+        except FilexferError as exc:
+            error = exc
+            log.warning(
+                "event=session.failed session=%s peer=%s key=%s reason=%s",
+                session_id,
+                peer,
+                key,
+                exc,
+            )
+        finally:
+            store.close()
+            with self.lock:
+                self.live.pop(session_id, None)
+        if error is None:
+            _drain_and_close(channel.sock)
+            log.info(
+                "event=session.end session=%s peer=%s key=%s files=%d",
+                session_id,
+                peer,
+                key,
+                session.committed,
+            )
+        self._after_session(error)
+
+    def _after_session(self, error: FilexferError | None) -> None:
+        if self.config.once:
+            self.once_result = error
+            self.stopping.set()
+
+    def _shutdown(self) -> None:
+        self.listener.close()
+        with self.lock:
+            channels = list(self.live.values())
+            threads = list(self.threads)
+        for channel in channels:
+            with contextlib.suppress(OSError):
+                channel.sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 10
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        log.info("event=recv.stopped")
+
+
+def _drain_and_close(sock: socket.socket) -> None:
+    """Close so that our last message arrives: FIN, not RST.
+
+    Closing a socket with unread input makes the kernel send RST, which can
+    destroy our final Error message in the peer's buffer.  So stop writing,
+    read (a bounded amount, briefly) until the peer closes, then close.
+    """
+    with contextlib.suppress(OSError), translate("close"):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(1.0)
+        budget = 4 << 20
+        while budget > 0:
+            data = sock.recv(65536)
+            if not data:
+                break
+            budget -= len(data)
+    with contextlib.suppress(OSError):
+        sock.close()

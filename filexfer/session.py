@@ -1,0 +1,304 @@
+"""The channel: one TCP socket carrying a Noise handshake, then records.
+
+How this works
+--------------
+The initiator (``put``) connects and runs Noise_XX; the responder
+(``recv``) answers.  Handshake messages are framed by a u16 big-endian
+length and may not exceed :data:`MAX_HANDSHAKE_MESSAGE` bytes, so a
+stranger can make the receiver buffer at most that much.  Trust is checked
+inside the handshake: the initiator checks the responder's static key
+(``verify_peer``) before it reveals its own identity in the third message;
+the responder checks the initiator's key against its authorized list
+after the third message and, if it is not there, sends one ``Error``
+record and closes, having written nothing anywhere.
+
+After the handshake each direction uses its own split key with the record
+layer.  Every blocking operation has a deadline: connect, the whole
+handshake, and an idle timeout on every later read and write, so a silent
+or frozen peer ends the session instead of holding it forever.
+
+This module is the one place where foreign exceptions (``OSError``,
+timeouts, record, message and Noise errors) become filexfer errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from . import messages as msgs
+from .errors import (
+    ConnectError,
+    FilexferError,
+    IntegrityError,
+    PeerTimeoutError,
+    ProtocolError,
+    TrustError,
+    from_code,
+)
+from .keys import Identity, fingerprint, short_fingerprint
+from .noise import HandshakeState, NoiseError
+from .records import (
+    HEADER_LEN,
+    MAX_PLAINTEXT,
+    TAG_LEN,
+    Opener,
+    RecordError,
+    Sealer,
+    parse_length,
+)
+
+PROLOGUE = b"filexfer/1/Noise_XX_25519_AESGCM_SHA256"
+MAX_HANDSHAKE_MESSAGE = 1024
+_FRAME = struct.Struct(">H")
+CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Deadlines in seconds; all have CLI flags."""
+
+    connect: float = 10.0
+    handshake: float = 15.0
+    idle: float = 60.0
+
+
+@contextlib.contextmanager
+def translate(what: str, idle: float | None = None) -> Iterator[None]:
+    """Turn foreign exceptions raised inside the block into ours."""
+    try:
+        yield
+    except FilexferError:
+        raise
+    except TimeoutError as exc:
+        wait = f" (no data for {idle:g} s)" if idle else ""
+        raise PeerTimeoutError(f"peer stopped responding{wait}") from exc
+    except (RecordError, NoiseError) as exc:
+        raise IntegrityError(f"{what}: connection failed its integrity check") from exc
+    except msgs.MessageError as exc:
+        raise ProtocolError(f"{what}: peer sent a malformed message ({exc})") from exc
+    except (ConnectionError, EOFError) as exc:
+        raise ConnectError(f"{what}: connection lost") from exc
+    except OSError as exc:
+        raise ConnectError(f"{what}: {exc.strerror or exc}") from exc
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+    while view:
+        count = sock.recv_into(view)
+        if count == 0:
+            raise EOFError("peer closed the connection")
+        view = view[count:]
+
+
+class Channel:
+    """An established, authenticated connection that carries messages.
+
+    One thread may send while another receives; each direction has its own
+    key, counter and buffers.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        send_key: bytes,
+        recv_key: bytes,
+        peer_key: bytes,
+        max_in: int,
+        max_out: int,
+        idle: float,
+    ) -> None:
+        self.sock = sock
+        self.peer_key = peer_key
+        self.idle = idle
+        self.chunk_size = min(CHUNK_SIZE, max_out - 1)
+        self._sealer = Sealer(send_key)
+        self._opener = Opener(recv_key)
+        self._max_in = max_in
+        self._plain_out = bytearray(1 + CHUNK_SIZE)
+        self._plain_out[0] = msgs.Kind.DATA
+        self._wire_out = bytearray(HEADER_LEN + MAX_PLAINTEXT + TAG_LEN)
+        self._wire_in = bytearray(max_in + TAG_LEN)
+        self._plain_in = bytearray(max_in)
+        sock.settimeout(idle)
+
+    @property
+    def peer_fingerprint(self) -> str:
+        return fingerprint(self.peer_key)
+
+    @property
+    def peer_short(self) -> str:
+        return short_fingerprint(self.peer_key)
+
+    def send(self, message: msgs.Message) -> None:
+        """Send one control message."""
+        self._send_plain(msgs.encode(message))
+
+    def data_buffer(self) -> memoryview:
+        """A buffer to fill with the next chunk before :meth:`send_data`."""
+        return memoryview(self._plain_out)[1 : 1 + self.chunk_size]
+
+    def send_data(self, count: int) -> None:
+        """Send the first count bytes of :meth:`data_buffer` as Data."""
+        self._send_plain(memoryview(self._plain_out)[: 1 + count])
+
+    def _send_plain(self, plaintext: bytes | memoryview) -> None:
+        with translate("send", self.idle):
+            out = memoryview(self._wire_out)
+            total = self._sealer.seal_into(plaintext, out)
+            self.sock.sendall(out[:total])
+
+    def recv(self) -> msgs.Message:
+        """Receive the next message; Data payloads are valid until next call.
+
+        An Error message from the peer is raised as the matching error.
+        """
+        with translate("receive", self.idle):
+            header = bytearray(HEADER_LEN)
+            _recv_exact(self.sock, memoryview(header))
+            length = parse_length(bytes(header), self._max_in)
+            body = memoryview(self._wire_in)[:length]
+            _recv_exact(self.sock, body)
+            size = self._opener.open_into(
+                bytes(header), body, memoryview(self._plain_in)
+            )
+            message = msgs.decode(memoryview(self._plain_in)[:size])
+        if isinstance(message, msgs.Error):
+            raise from_code(message.code, f"peer: {message.reason}")
+        return message
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def _send_frame(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_FRAME.pack(len(payload)) + payload)
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    header = bytearray(_FRAME.size)
+    _recv_exact(sock, memoryview(header))
+    (length,) = _FRAME.unpack(header)
+    if length > MAX_HANDSHAKE_MESSAGE:
+        raise ProtocolError("handshake message too long")
+    body = bytearray(length)
+    _recv_exact(sock, memoryview(body))
+    return bytes(body)
+
+
+def _hello_from(payload: bytes) -> msgs.Hello:
+    hello = msgs.decode(payload)
+    if not isinstance(hello, msgs.Hello):
+        raise ProtocolError("handshake payload is not a hello")
+    if hello.version != msgs.PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol version {hello.version}")
+    if not 1024 <= hello.max_plaintext <= MAX_PLAINTEXT:
+        raise ProtocolError("peer announced an unusable record size")
+    return hello
+
+
+def _my_hello(max_plaintext: int) -> bytes:
+    return msgs.encode(msgs.Hello(msgs.PROTOCOL_VERSION, max_plaintext))
+
+
+def connect(
+    host: str,
+    port: int,
+    identity: Identity,
+    verify_peer: Callable[[bytes], None],
+    timeouts: Timeouts = Timeouts(),
+) -> Channel:
+    """Connect to a receiver and complete the handshake as initiator.
+
+    Args:
+        verify_peer: called with the receiver's raw static key before this
+            side's identity is sent; raises TrustError to stop.
+
+    Raises:
+        ConnectError, PeerTimeoutError, TrustError, IntegrityError.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeouts.connect)
+    except TimeoutError as exc:
+        raise ConnectError(f"cannot connect to {host}:{port}: timed out") from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConnectError(f"cannot connect to {host}:{port}: {reason}") from exc
+    try:
+        return _initiate(sock, identity, verify_peer, timeouts)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _initiate(
+    sock: socket.socket,
+    identity: Identity,
+    verify_peer: Callable[[bytes], None],
+    timeouts: Timeouts,
+) -> Channel:
+    sock.settimeout(timeouts.handshake)
+    with translate("handshake", timeouts.handshake):
+        state = HandshakeState(True, identity.private, PROLOGUE)
+        _send_frame(sock, state.write_message(b""))
+        hello = _hello_from(state.read_message(_recv_frame(sock)))
+
+        peer = state.remote_static
+        assert peer is not None, "internal error: XX revealed no static key"
+        verify_peer(peer)
+
+        _send_frame(sock, state.write_message(_my_hello(MAX_PLAINTEXT)))
+        send, recv = state.split()
+    assert send.key is not None and recv.key is not None
+    return Channel(
+        sock,
+        send.key,
+        recv.key,
+        peer,
+        MAX_PLAINTEXT,
+        hello.max_plaintext,
+        timeouts.idle,
+    )
+
+
+def accept(
+    sock: socket.socket,
+    identity: Identity,
+    authorized: Callable[[bytes], bool],
+    timeouts: Timeouts = Timeouts(),
+    max_plaintext: int = MAX_PLAINTEXT,
+) -> Channel:
+    """Complete the handshake as responder on an accepted socket.
+
+    Raises:
+        TrustError: the sender's key is not authorized (it has been told).
+        IntegrityError, ProtocolError, ConnectError, PeerTimeoutError.
+    """
+    sock.settimeout(timeouts.handshake)
+    with translate("handshake", timeouts.handshake):
+        state = HandshakeState(False, identity.private, PROLOGUE)
+        state.read_message(_recv_frame(sock))
+        _send_frame(sock, state.write_message(_my_hello(max_plaintext)))
+        hello = _hello_from(state.read_message(_recv_frame(sock)))
+        send, recv = state.split()
+    peer = state.remote_static
+    assert peer is not None and send.key is not None and recv.key is not None
+    channel = Channel(
+        sock,
+        send.key,
+        recv.key,
+        peer,
+        max_plaintext,
+        hello.max_plaintext,
+        timeouts.idle,
+    )
+    if not authorized(peer):
+        with contextlib.suppress(FilexferError):
+            channel.send(msgs.Error(int(TrustError.code), "sender key not authorized"))
+        raise TrustError(f"sender key {fingerprint(peer)} is not authorized")
+    return channel
