@@ -1,0 +1,5 @@
+"""Allow ``python -m filexfer``."""
+
+from .cli import main
+
+main()
