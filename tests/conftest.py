@@ -1,0 +1,80 @@
+"""Fixtures: identities, a running receiver, an authorized sender."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Pair, Receiver, cli, fingerprint, public_key
+
+
+@pytest.fixture
+def sender_home(tmp_path: Path) -> Path:
+    home = tmp_path / "sender-home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def receiver_home(tmp_path: Path) -> Path:
+    home = tmp_path / "receiver-home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def start_receiver(
+    tmp_path: Path, receiver_home: Path
+) -> Iterator[Callable[..., Receiver]]:
+    """Start `filexfer recv` processes; every one is stopped after the test."""
+    started: list[Receiver] = []
+
+    def start(*extra: str, root: Path | None = None) -> Receiver:
+        index = len(started)
+        receiver = Receiver(
+            home=receiver_home,
+            root=root or tmp_path / f"out{index or ''}",
+            log_path=tmp_path / f"recv{index or ''}.log",
+            extra=extra,
+        )
+        started.append(receiver)
+        return receiver.start()
+
+    yield start
+    for receiver in started:
+        if receiver.process is not None:
+            receiver.stop()
+
+
+@pytest.fixture
+def make_pair(
+    tmp_path: Path,
+    sender_home: Path,
+    receiver_home: Path,
+    start_receiver: Callable[..., Receiver],
+) -> Callable[..., Pair]:
+    """An authorized sender and a running receiver (extra recv flags allowed)."""
+
+    def make(*extra: str, authorize: bool = True) -> Pair:
+        if authorize:
+            done = cli(["allow", public_key(sender_home), "test"], receiver_home)
+            assert done.returncode == 0, done.stderr
+        receiver = start_receiver(*extra)
+        return Pair(sender_home, receiver, tmp_path, fingerprint(receiver_home))
+
+    return make
+
+
+@pytest.fixture
+def pair(make_pair: Callable[..., Pair]) -> Pair:
+    return make_pair()
+
+
+def recv_flags(**flags: object) -> Sequence[str]:
+    """`recv_flags(idle_timeout=2)` -> ["--idle-timeout", "2"]."""
+    out: list[str] = []
+    for name, value in flags.items():
+        out += [f"--{name.replace('_', '-')}", str(value)]
+    return out
