@@ -45,7 +45,7 @@ DEFAULT_PORT = 7757
 EXIT_CODES = """\b
 Exit codes:
   0  success: every file is durably stored and its digest confirmed
-  1  unexpected error (a bug; rerun with --debug)
+  1  unexpected error (a bug; rerun with --debug for the traceback)
   2  usage: bad arguments, options or configuration
   3  cannot connect, connection lost, or the peer stopped responding
   4  trust: unknown or changed receiver key, or sender not authorized
@@ -368,7 +368,12 @@ def _job_error(results: list[FileResult]) -> FilexferError | None:
     if len(results) == 1:
         return failed[0]
     if len(failed) == len(results) and len({e.exit_code for e in failed}) == 1:
-        return type(failed[0])(f"all {len(failed)} files failed")
+        # Every file failed the same way: exit with that kind's code. The
+        # class itself is not rebuilt, as some (RefusedError) need more
+        # arguments than a message.
+        summary = FilexferError(f"all {len(failed)} files failed")
+        summary.exit_code = failed[0].exit_code
+        return summary
     return PartialError(f"{len(failed)} of {len(results)} files failed")
 
 
@@ -471,10 +476,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="filexfer", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("filexfer: error: interrupted", err=True)
+        # click turns Ctrl-C (SIGINT) into Abort before it reaches us.
+        click.echo("filexfer: error: interrupted; copy not completed", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message(), err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"filexfer: error: {exc.format_message()}", err=True)
+        _print_usage_error(exc)
         sys.exit(2)
     except FilexferError as exc:
         _print_error(exc)
@@ -489,6 +498,15 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("filexfer: hint: rerun with --debug and report it", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def _print_usage_error(exc: click.ClickException) -> None:
+    """Show click's complaint in our form: lowercase, no final period."""
+    message = exc.format_message().strip().rstrip(".")
+    click.echo(f"filexfer: error: {message[:1].lower()}{message[1:]}", err=True)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        click.echo(f"filexfer: hint: see '{ctx.command_path} --help'", err=True)
 
 
 def _print_error(exc: FilexferError) -> None:

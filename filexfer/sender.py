@@ -22,9 +22,11 @@ replaced during the send is sent as it was when opened.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import socket
 import stat
 import threading
 import time
@@ -216,8 +218,21 @@ def _read_replies(channel: Channel, replies: _Replies) -> None:
             replies.put(message)
     except FilexferError as exc:
         replies.stop(exc)
+        _stop_writer(channel)
     except Exception as exc:
         replies.stop(FilexferError(f"internal error in reply reader: {exc!r}"))
+        _stop_writer(channel)
+
+
+def _stop_writer(channel: Channel) -> None:
+    """Wake a writer blocked on a connection that can no longer succeed.
+
+    A receiver that went away without a reset may leave our send window
+    at zero, so a blocked send would wait for the whole idle timeout;
+    shutting the socket down makes it fail now.
+    """
+    with contextlib.suppress(OSError):
+        channel.sock.shutdown(socket.SHUT_RDWR)
 
 
 ProgressFn = Callable[[int], None]

@@ -6,16 +6,31 @@ Everything talks to 127.0.0.1 only. Each test gets its own config homes
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from filexfer import messages as msgs
+from filexfer.keys import Identity, allow_sender, load_identity
+from filexfer.keys import fingerprint as key_fingerprint
+from filexfer.noise import HandshakeState
+from filexfer.records import MAX_PLAINTEXT, RecordDecoder, Sealer
+from filexfer.session import PROLOGUE, Channel
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "sample_data"
@@ -114,7 +129,7 @@ class Receiver:
 
     def start(self, timeout: float = 20) -> Receiver:
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        log = open(self.log_path, "ab")  # closed in stop()
         self._log = log
         self.process = subprocess.Popen(
             [
@@ -217,3 +232,300 @@ class Pair:
             self.sender_home,
             timeout=timeout,
         )
+
+
+# ---------------------------------------------------------------------------
+# Endpoints joined in memory
+# ---------------------------------------------------------------------------
+
+
+def new_identity() -> Identity:
+    """A throwaway identity that never touches the disk."""
+    return Identity(X25519PrivateKey.generate())
+
+
+@dataclass(frozen=True)
+class JoinedKeys:
+    """The outcome of one real Noise XX handshake run in memory."""
+
+    initiator: Identity
+    responder: Identity
+    initiator_send: bytes  # = the responder's receive key
+    responder_send: bytes  # = the initiator's receive key
+
+
+def handshake_in_memory(
+    initiator: Identity | None = None, responder: Identity | None = None
+) -> JoinedKeys:
+    """Run the three handshake messages between two states, no socket."""
+    initiator = initiator or new_identity()
+    responder = responder or new_identity()
+    left = HandshakeState(True, initiator.private, PROLOGUE)
+    right = HandshakeState(False, responder.private, PROLOGUE)
+    hello = msgs.encode(msgs.Hello(msgs.PROTOCOL_VERSION, MAX_PLAINTEXT))
+
+    right.read_message(left.write_message(b""))
+    left.read_message(right.write_message(hello))
+    right.read_message(left.write_message(hello))
+
+    left_send, left_recv = left.split()
+    right_send, right_recv = right.split()
+    assert left_send.key == right_recv.key and right_send.key == left_recv.key
+    assert left_send.key is not None and right_send.key is not None
+    return JoinedKeys(initiator, responder, left_send.key, right_send.key)
+
+
+def channel_pair(
+    *, idle: float = 10.0, max_plaintext: int = MAX_PLAINTEXT
+) -> tuple[Channel, Channel]:
+    """A back-to-back pair of endpoints joined in memory.
+
+    Two real channels (initiator, responder) over ``socket.socketpair()``,
+    keyed by a real handshake. Close both when done.
+    """
+    keys = handshake_in_memory()
+    left_sock, right_sock = socket.socketpair()
+    left = Channel(
+        left_sock,
+        keys.initiator_send,
+        keys.responder_send,
+        keys.responder.public,
+        max_plaintext,
+        max_plaintext,
+        idle,
+    )
+    right = Channel(
+        right_sock,
+        keys.responder_send,
+        keys.initiator_send,
+        keys.initiator.public,
+        max_plaintext,
+        max_plaintext,
+        idle,
+    )
+    return left, right
+
+
+@dataclass
+class RawEnd:
+    """The far end of a channel, sealing and reading records by hand.
+
+    For feeding a channel input that no well-behaved peer would send.
+    """
+
+    sock: socket.socket
+    sealer: Sealer
+    decoder: RecordDecoder
+
+    def send_plain(self, plaintext: bytes) -> None:
+        self.sock.sendall(self.sealer.seal(plaintext))
+
+    def send(self, message: msgs.Message) -> None:
+        self.send_plain(msgs.encode(message))
+
+    def recv(self, timeout: float = 10.0) -> msgs.Message:
+        self.sock.settimeout(timeout)
+        while (plaintext := self.decoder.next_plaintext()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("channel closed")
+            self.decoder.feed(data)
+        return msgs.decode(plaintext)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def channel_and_raw_end(
+    *, idle: float = 10.0, max_plaintext: int = MAX_PLAINTEXT
+) -> tuple[Channel, RawEnd]:
+    """A channel (as initiator) whose peer is a :class:`RawEnd`."""
+    keys = handshake_in_memory()
+    ours, theirs = socket.socketpair()
+    channel = Channel(
+        ours,
+        keys.initiator_send,
+        keys.responder_send,
+        keys.responder.public,
+        max_plaintext,
+        max_plaintext,
+        idle,
+    )
+    end = RawEnd(
+        theirs, Sealer(keys.responder_send), RecordDecoder(keys.initiator_send)
+    )
+    return channel, end
+
+
+# ---------------------------------------------------------------------------
+# Waiting, ports, terminals, a tampering proxy
+# ---------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
+    """Poll CONDITION (a file appearing, a process ending) until it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def closed_port() -> int:
+    """A loopback port that was just free: bound, then closed at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def filexfer_command(*args: str | os.PathLike[str]) -> list[str]:
+    return [sys.executable, "-m", "filexfer", *map(str, args)]
+
+
+@dataclass
+class TerminalRun:
+    returncode: int
+    stdout: str
+    terminal: str  # everything written to the pseudo-terminal (stderr)
+
+
+def cli_on_terminal(
+    args: Sequence[str | os.PathLike[str]], home: Path, timeout: float = 120
+) -> TerminalRun:
+    """Run `filexfer ARGS` with stderr on a pseudo-terminal (80x24).
+
+    stdin stays /dev/null, so nothing can be typed at a prompt.
+    """
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        process = subprocess.Popen(
+            filexfer_command(*args),
+            env=base_env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+        )
+    finally:
+        os.close(slave)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_drain_terminal, args=(master, chunks))
+    reader.start()
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+    finally:
+        reader.join(timeout)
+        os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return TerminalRun(process.returncode, stdout.decode(), text)
+
+
+def _drain_terminal(master: int, chunks: list[bytes]) -> None:
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            return
+        if not data:
+            return
+        chunks.append(data)
+
+
+class TamperProxy:
+    """A loopback TCP relay that flips one bit of the client's stream.
+
+    Byte number FLIP_AT (counted from the first byte the client sends) has
+    its lowest bit inverted; everything else passes unchanged. One
+    connection is relayed, then the proxy stops listening.
+    """
+
+    def __init__(self, target_port: int, flip_at: int) -> None:
+        self.target_port = target_port
+        self.flip_at = flip_at
+        self.flipped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        client, _ = self.listener.accept()
+        self.listener.close()
+        server = socket.create_connection(("127.0.0.1", self.target_port))
+        back = threading.Thread(
+            target=_relay, args=(server, client, None, None), daemon=True
+        )
+        back.start()
+        _relay(client, server, self.flip_at, self.flipped)
+        back.join(30)
+
+    def close(self) -> None:
+        self._thread.join(30)
+
+
+def _relay(
+    source: socket.socket,
+    sink: socket.socket,
+    flip_at: int | None,
+    flipped: threading.Event | None,
+) -> None:
+    seen = 0
+    try:
+        while data := source.recv(65536):
+            if flip_at is not None and seen <= flip_at < seen + len(data):
+                changed = bytearray(data)
+                changed[flip_at - seen] ^= 1
+                data = bytes(changed)
+                assert flipped is not None
+                flipped.set()
+            seen += len(data)
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+# ---------------------------------------------------------------------------
+# Pairs set up in-process (no CLI run per key step)
+# ---------------------------------------------------------------------------
+
+
+def identity_fingerprint(home: Path) -> str:
+    """Like fingerprint(HOME), computed here instead of by `filexfer id`."""
+    return key_fingerprint(load_identity(home).public)
+
+
+def authorize_sender(sender_home: Path, receiver_home: Path) -> None:
+    """Like `filexfer allow`, done in-process (the identity is created)."""
+    allow_sender(load_identity(sender_home).public_line, "test", receiver_home)
+
+
+def quick_pair_maker(
+    tmp_path: Path,
+    sender_home: Path,
+    receiver_home: Path,
+    start_receiver: Callable[..., Receiver],
+) -> Callable[..., Pair]:
+    """The conftest make_pair, with the key steps done in-process.
+
+    For suites with many end-to-end tests: it saves three CLI start-ups per
+    pair. The `id` and `allow` commands themselves are tested elsewhere.
+    """
+
+    def make(*extra: str, authorize: bool = True) -> Pair:
+        if authorize:
+            authorize_sender(sender_home, receiver_home)
+        receiver = start_receiver(*extra)
+        return Pair(
+            sender_home, receiver, tmp_path, identity_fingerprint(receiver_home)
+        )
+
+    return make

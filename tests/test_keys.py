@@ -1,0 +1,405 @@
+"""Tests for filexfer.keys: identity files, authorized senders, pins."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from filexfer.errors import TrustError, UsageError
+from filexfer.keys import (
+    AUTHORIZED_FILE,
+    IDENTITY_FILE,
+    KNOWN_FILE,
+    KnownReceivers,
+    allow_sender,
+    authorized_senders,
+    check_pin,
+    config_dir,
+    decode_public,
+    encode_public,
+    fingerprint,
+    load_identity,
+    matches_fingerprint,
+)
+from tests.helpers import ROOT, cli, new_identity
+
+RAW = bytes(range(32))
+OTHER_RAW = bytes(range(100, 132))
+
+
+def key_line(raw: bytes = RAW) -> str:
+    return encode_public(raw)
+
+
+# -- the config directory ---------------------------------------------------
+
+
+def test_config_dir_prefers_filexfer_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FILEXFER_HOME", str(tmp_path / "fx"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    assert config_dir() == tmp_path / "fx"
+
+
+def test_config_dir_then_xdg_config_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FILEXFER_HOME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    assert config_dir() == tmp_path / "xdg" / "filexfer"
+
+
+@pytest.mark.parametrize("blank", [None, ""])
+def test_config_dir_falls_back_to_dot_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, blank: str | None
+) -> None:
+    for name in ("FILEXFER_HOME", "XDG_CONFIG_HOME"):
+        if blank is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, blank)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    assert config_dir() == tmp_path / "home" / ".config" / "filexfer"
+
+
+def run_id(
+    env_overrides: dict[str, str | None], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name, value in env_overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run(
+        [sys.executable, "-m", "filexfer", "id"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("filexfer_home", "xdg", "expected"),
+    [
+        ("fx", "xdg", "fx"),
+        (None, "xdg", "xdg/filexfer"),
+        (None, None, "home/.config/filexfer"),
+    ],
+    ids=["FILEXFER_HOME", "XDG_CONFIG_HOME", "HOME"],
+)
+def test_cli_creates_identity_where_the_environment_says(
+    tmp_path: Path, filexfer_home: str | None, xdg: str | None, expected: str
+) -> None:
+    done = run_id(
+        {
+            "FILEXFER_HOME": filexfer_home and str(tmp_path / filexfer_home),
+            "XDG_CONFIG_HOME": xdg and str(tmp_path / xdg),
+            "HOME": str(tmp_path / "home"),
+        },
+        tmp_path,
+    )
+
+    assert done.returncode == 0, done.stderr
+    identities = sorted(
+        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(IDENTITY_FILE)
+    )
+    assert identities == [f"{expected}/{IDENTITY_FILE}"]
+
+
+# -- identity ----------------------------------------------------------------
+
+
+def test_identity_is_created_0600_in_a_0700_directory(tmp_path: Path) -> None:
+    home = tmp_path / "new" / "filexfer"
+    old_umask = os.umask(0)  # the modes must not depend on a lax umask
+    try:
+        load_identity(home)
+    finally:
+        os.umask(old_umask)
+
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(home / IDENTITY_FILE).st_mode) == 0o600
+
+
+def test_identity_is_stable_across_loads(tmp_path: Path) -> None:
+    first = load_identity(tmp_path)
+    second = load_identity(tmp_path)
+
+    assert first.public == second.public
+    assert first.public_line.startswith("fx1") and len(first.public_line) == 46
+
+
+def test_identity_is_not_created_when_asked_not_to(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        load_identity(tmp_path, create=False)
+
+    assert not (tmp_path / IDENTITY_FILE).exists()
+
+
+def test_damaged_identity_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / IDENTITY_FILE).write_text("fx1-private-not base64 at all\n")
+
+    with pytest.raises(UsageError) as caught:
+        load_identity(tmp_path)
+
+    assert "damaged" in str(caught.value)
+
+
+def test_id_never_prints_the_private_key(tmp_path: Path) -> None:
+    done = cli(["id"], tmp_path)
+    private_text = (tmp_path / IDENTITY_FILE).read_text().strip()
+    secret = private_text.removeprefix("fx1-private-")
+
+    assert done.returncode == 0
+    assert done.stdout.strip() == load_identity(tmp_path).public_line
+    assert done.stderr.strip() == fingerprint(load_identity(tmp_path).public)
+    assert secret not in done.stdout + done.stderr
+
+
+# -- public keys and fingerprints -------------------------------------------
+
+
+def test_public_key_text_round_trips() -> None:
+    line = encode_public(RAW)
+
+    assert line.startswith("fx1") and len(line) == 3 + 43
+    assert decode_public(line) == RAW
+    assert decode_public(f"  {line}  laptop of alice\n") == RAW
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "fx2" + encode_public(RAW)[3:],
+        encode_public(RAW)[:-1],
+        encode_public(RAW) + "A",
+        encode_public(RAW)[:-1] + "!",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG",
+    ],
+    ids=["empty", "blank", "wrong prefix", "short", "long", "bad char", "ssh key"],
+)
+def test_reject_malformed_public_key(text: str) -> None:
+    with pytest.raises(UsageError):
+        decode_public(text)
+
+
+def test_reject_non_canonical_public_key() -> None:
+    # The last base64 character carries 2 spare bits; a key text that sets
+    # them decodes to the same bytes but is not the key's one spelling.
+    line = encode_public(RAW)
+    last = line[-1]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = alphabet[alphabet.index(last) ^ 1]
+
+    with pytest.raises(UsageError):
+        decode_public(line[:-1] + twin)
+
+
+def test_fingerprint_is_ssh_style_sha256() -> None:
+    expected = base64.b64encode(hashlib.sha256(RAW).digest()).decode().rstrip("=")
+
+    assert fingerprint(RAW) == "SHA256:" + expected
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "fingerprint",
+        "fingerprint-without-prefix",
+        "fingerprint-padded",
+        "fingerprint-spaced",
+        "key-line",
+    ],
+)
+def test_matches_fingerprint_accepts_the_forms_users_paste(given: str) -> None:
+    full = fingerprint(RAW)
+    forms = {
+        "fingerprint": full,
+        "fingerprint-without-prefix": full.removeprefix("SHA256:"),
+        "fingerprint-padded": full + "=",
+        "fingerprint-spaced": f"  {full}\n",
+        "key-line": encode_public(RAW),
+    }
+
+    assert matches_fingerprint(RAW, forms[given])
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        fingerprint(OTHER_RAW),
+        encode_public(OTHER_RAW),
+        fingerprint(RAW)[:-1],
+        fingerprint(RAW).lower(),
+        "",
+        "SHA256:",
+    ],
+    ids=["other fp", "other key", "truncated", "lowercased", "empty", "prefix only"],
+)
+def test_matches_fingerprint_rejects_anything_else(given: str) -> None:
+    assert not matches_fingerprint(RAW, given)
+
+
+# -- authorized senders ------------------------------------------------------
+
+
+def test_allow_appends_once(tmp_path: Path) -> None:
+    assert allow_sender(key_line(RAW), "alice", tmp_path) is True
+    assert allow_sender(key_line(OTHER_RAW), "", tmp_path) is True
+    assert allow_sender(key_line(RAW), "again", tmp_path) is False
+
+    lines = (tmp_path / AUTHORIZED_FILE).read_text().splitlines()
+    assert lines == [f"{key_line(RAW)} alice", key_line(OTHER_RAW)]
+    assert authorized_senders(tmp_path) == {RAW, OTHER_RAW}
+
+
+def test_allow_keeps_existing_hand_written_lines(tmp_path: Path) -> None:
+    path = tmp_path / AUTHORIZED_FILE
+    path.write_text(f"# backups\n{key_line(RAW)} nas\n")
+
+    allow_sender(key_line(OTHER_RAW), "laptop", tmp_path)
+
+    assert path.read_text() == (
+        f"# backups\n{key_line(RAW)} nas\n{key_line(OTHER_RAW)} laptop\n"
+    )
+
+
+def test_allow_refuses_a_malformed_key(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        allow_sender("fx1-nope", "", tmp_path)
+
+    assert not (tmp_path / AUTHORIZED_FILE).exists()
+
+
+def test_authorized_file_is_private(tmp_path: Path) -> None:
+    allow_sender(key_line(RAW), "", tmp_path)
+
+    assert stat.S_IMODE(os.stat(tmp_path / AUTHORIZED_FILE).st_mode) == 0o600
+
+
+def test_hand_edited_authorized_senders_with_comments_and_blanks(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / AUTHORIZED_FILE).write_text(
+        "# who may send here\n"
+        "\n"
+        f"{key_line(RAW)}   # alice, added by hand\n"
+        "   \n"
+        "\t# an indented comment\n"
+        f"  {key_line(OTHER_RAW)} bob's laptop\n"
+        "#" + key_line(bytes(32)) + " commented out\n"
+    )
+
+    assert authorized_senders(tmp_path) == {RAW, OTHER_RAW}
+
+
+def test_missing_authorized_senders_means_nobody(tmp_path: Path) -> None:
+    assert authorized_senders(tmp_path) == frozenset()
+
+
+def test_malformed_authorized_line_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / AUTHORIZED_FILE).write_text(
+        f"# ok\n{key_line(RAW)}\nssh-rsa AAAAB3Nza bob\n"
+    )
+
+    with pytest.raises(UsageError) as caught:
+        authorized_senders(tmp_path)
+
+    assert AUTHORIZED_FILE in str(caught.value)
+    assert "entry 2" in str(caught.value)
+
+
+def test_cli_allow_reports_and_exits_zero(tmp_path: Path) -> None:
+    line = new_identity().public_line
+
+    first = cli(["allow", line, "alice"], tmp_path)
+    second = cli(["allow", line], tmp_path)
+
+    assert (first.returncode, first.stdout) == (0, "")
+    assert first.stderr == f"filexfer: authorized: {line}\n"
+    assert (second.returncode, second.stdout) == (0, "")
+    assert second.stderr == f"filexfer: already authorized: {line}\n"
+    assert (tmp_path / AUTHORIZED_FILE).read_text() == f"{line} alice\n"
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["bad argument", "bad file"],
+)
+def test_cli_allow_with_a_malformed_key_exits_2(tmp_path: Path, setup: str) -> None:
+    if setup == "bad file":
+        (tmp_path / AUTHORIZED_FILE).write_text("not-a-key\n")
+        key = new_identity().public_line
+    else:
+        key = "fx1tooshort"
+
+    done = cli(["allow", key], tmp_path)
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("filexfer: error: ")
+    assert "Traceback" not in done.stderr
+
+
+# -- known receivers -----------------------------------------------------------
+
+
+def test_known_receivers_pin_and_lookup(tmp_path: Path) -> None:
+    known = KnownReceivers(tmp_path)
+    assert known.lookup("host:7757") is None
+
+    known.pin("host:7757", RAW)
+    known.pin("[::1]:7757", OTHER_RAW)
+
+    assert known.lookup("host:7757") == RAW
+    assert known.lookup("[::1]:7757") == OTHER_RAW
+    assert known.lookup("host:7758") is None
+    assert KnownReceivers(tmp_path).lookup("host:7757") == RAW  # persisted
+    assert (tmp_path / KNOWN_FILE).read_text() == (
+        f"host:7757 {key_line(RAW)}\n[::1]:7757 {key_line(OTHER_RAW)}\n"
+    )
+
+
+def test_known_receivers_tolerates_comments(tmp_path: Path) -> None:
+    (tmp_path / KNOWN_FILE).write_text(
+        f"# pins\n\nhost:1 {key_line(RAW)}\n#host:2 {key_line(OTHER_RAW)}\n"
+    )
+
+    assert KnownReceivers(tmp_path).lookup("host:1") == RAW
+    assert KnownReceivers(tmp_path).lookup("#host:2") is None
+    assert KnownReceivers(tmp_path).lookup("host:2") is None
+
+
+def test_check_pin_accepts_unknown_and_same_key() -> None:
+    check_pin(None, RAW, "host:7757")
+    check_pin(RAW, RAW, "host:7757")
+
+
+def test_check_pin_refuses_a_changed_key() -> None:
+    with pytest.raises(TrustError) as caught:
+        check_pin(RAW, OTHER_RAW, "host:7757")
+
+    message = str(caught.value)
+    assert "host:7757" in message and "changed" in message
+    assert fingerprint(RAW) in message and fingerprint(OTHER_RAW) in message
+    assert caught.value.hint is not None and "known_receivers" in caught.value.hint
+    assert caught.value.exit_code == 4

@@ -1,0 +1,629 @@
+"""End to end: `filexfer put` against a real `filexfer recv` process.
+
+Every test checks the exit code, stdout and stderr apart, what is on the
+receiver's disk, and that no part file is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from filexfer import messages as msgs
+from filexfer.keys import load_identity
+from filexfer.session import Channel, connect
+from tests.conftest import recv_flags
+from tests.helpers import (
+    SAMPLE_DATA,
+    Pair,
+    Receiver,
+    TamperProxy,
+    authorize_sender,
+    base_env,
+    cli,
+    filexfer_command,
+    leftovers,
+    quick_pair_maker,
+    random_file,
+    sha256,
+    tree_digests,
+    wait_until,
+)
+
+MiB = 1 << 20
+CHUNK = 1 << 20  # the sender's default Data size
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_pair(
+    tmp_path: Path,
+    sender_home: Path,
+    receiver_home: Path,
+    start_receiver: Callable[..., Receiver],
+) -> Callable[..., Pair]:
+    """conftest's make_pair (and so pair), with keys set up in-process."""
+    return quick_pair_maker(tmp_path, sender_home, receiver_home, start_receiver)
+
+
+def assert_success(done: subprocess.CompletedProcess[str], files: int) -> None:
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"filexfer: sent {files} file(s), ")
+    assert done.stderr.count("\n") == 1
+
+
+def error_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """The error and hint lines of stderr; nothing else but a summary."""
+    assert "Traceback" not in done.stderr
+    lines = []
+    for line in done.stderr.splitlines():
+        if line.startswith("filexfer: sent "):
+            continue  # the summary of a multi-file job
+        assert line.startswith(("filexfer: error: ", "filexfer: hint: ")), line
+        lines.append(line)
+    return lines
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def start_put(pair: Pair, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
+    """`put` as a background process (for killing it, or running two)."""
+    return subprocess.Popen(
+        filexfer_command(
+            "put",
+            "--fingerprint",
+            pair.receiver_fingerprint,
+            *args,
+            pair.receiver.address,
+        ),
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_part(root: Path) -> None:
+    wait_until(lambda: leftovers(root), "a part file under the receiver root")
+
+
+def blake3_hex(data: bytes) -> str:
+    return blake3(data).hexdigest()
+
+
+# -- files arrive ---------------------------------------------------------------
+
+
+def test_put_recursive_sample_data_arrives_byte_identical(pair: Pair) -> None:
+    done = pair.put("-r", SAMPLE_DATA)
+
+    assert_success(done, 7)
+    arrived = pair.receiver.root / "sample_data"
+    assert tree_digests(arrived) == tree_digests(SAMPLE_DATA)
+    assert (arrived / "docs" / "Übersicht März 2026.txt").is_file()
+    assert (arrived / "empty.txt").stat().st_size == 0
+    assert (arrived / "photos" / "2026" / "gradient.png").is_file()
+    assert leftovers(pair.receiver.root) == []
+    assert pair.receiver.log().count("event=transfer.complete") == 7
+
+
+def test_put_keeps_permission_bits_and_mtime(pair: Pair) -> None:
+    script = write(pair.tmp / "src" / "run.sh", b"#!/bin/sh\necho hi\n")
+    os.chmod(script, 0o750)
+    os.utime(script, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+
+    assert_success(pair.put(script), 1)
+
+    info = (pair.receiver.root / "run.sh").stat()
+    assert stat.S_IMODE(info.st_mode) == 0o750
+    assert info.st_mtime_ns == 1_600_000_000_123_456_789
+
+
+def test_put_several_files_share_one_connection(pair: Pair) -> None:
+    sources = [
+        write(pair.tmp / "src" / "a.txt", b"alpha\n"),
+        random_file(pair.tmp / "src" / "b.bin", 3 * MiB + 17, seed=1),
+        write(pair.tmp / "src" / "with space ü.txt", b"gamma\n"),
+    ]
+
+    done = pair.put(*sources)
+
+    assert_success(done, 3)
+    for source in sources:
+        assert sha256(pair.receiver.root / source.name) == sha256(source)
+    pair.receiver.wait_for_log(r"event=session\.end .*files=3")
+    assert pair.receiver.log().count("event=session.start") == 1
+    assert leftovers(pair.receiver.root) == []
+
+
+@pytest.mark.slow
+def test_put_one_gib_random_file_arrives_identical(pair: Pair) -> None:
+    source = random_file(pair.tmp / "src" / "one-gib.bin", 1 << 30, seed=7)
+
+    done = pair.put(source, timeout=900)
+
+    assert_success(done, 1)
+    arrived = pair.receiver.root / "one-gib.bin"
+    assert arrived.stat().st_size == 1 << 30
+    assert sha256(arrived) == sha256(source)
+    assert leftovers(pair.receiver.root) == []
+
+
+def test_two_senders_at_once_both_succeed(
+    pair: Pair, tmp_path: Path, receiver_home: Path
+) -> None:
+    second_home = tmp_path / "second-sender"
+    second_home.mkdir()
+    authorize_sender(second_home, receiver_home)
+    second = Pair(second_home, pair.receiver, tmp_path, pair.receiver_fingerprint)
+    first_file = random_file(tmp_path / "src" / "first.bin", 6 * MiB, seed=2)
+    second_file = random_file(tmp_path / "src" / "second.bin", 6 * MiB, seed=3)
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    threads = [
+        threading.Thread(target=lambda: results.update(a=pair.put(first_file))),
+        threading.Thread(target=lambda: results.update(b=second.put(second_file))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    assert_success(results["a"], 1)
+    assert_success(results["b"], 1)
+    assert sha256(pair.receiver.root / "first.bin") == sha256(first_file)
+    assert sha256(pair.receiver.root / "second.bin") == sha256(second_file)
+    assert pair.receiver.log().count("event=session.start") == 2
+    assert leftovers(pair.receiver.root) == []
+
+
+# -- C07: empty files -----------------------------------------------------------
+
+
+def test_put_empty_file_alone(pair: Pair) -> None:
+    """An empty file arrives, is reported and logged like any other (C07)."""
+    empty = write(pair.tmp / "src" / "empty.txt", b"")
+
+    done = pair.put("--json", empty, timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    [record] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["name"] == "empty.txt" and record["status"] == "ok"
+    assert record["bytes"] == 0
+    assert record["digest"] == blake3_hex(b"")
+    arrived = pair.receiver.root / "empty.txt"
+    info = arrived.lstat()
+    assert stat.S_ISREG(info.st_mode) and info.st_size == 0
+    assert stat.S_IMODE(info.st_mode) == stat.S_IMODE(empty.stat().st_mode) & 0o755
+    assert "event=transfer.complete" in pair.receiver.log()
+    assert "path=empty.txt bytes=0" in pair.receiver.log()
+    assert leftovers(pair.receiver.root) == []
+
+
+def test_put_empty_files_among_others_and_chunk_edges(pair: Pair) -> None:
+    """Empty files do not stall the job; chunk-size edges round-trip (C07)."""
+    src = pair.tmp / "src"
+    sources = [
+        write(src / "empty.txt", b""),
+        write(src / "one.txt", b"x"),
+        write(src / "keep" / ".keep", b""),
+        random_file(src / "exactly-one-chunk.bin", CHUNK, seed=4),
+        random_file(src / "chunk-plus-one.bin", CHUNK + 1, seed=5),
+        random_file(src / "two-chunks.bin", 2 * CHUNK, seed=6),
+        write(src / "last-empty.txt", b""),
+    ]
+
+    done = pair.put("--json", *sources, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["name"] for r in records] == [s.name for s in sources]
+    for record, source in zip(records, sources, strict=True):
+        assert record["status"] == "ok"
+        assert record["digest"] == blake3_hex(source.read_bytes())
+        assert sha256(pair.receiver.root / source.name) == sha256(source)
+    assert leftovers(pair.receiver.root) == []
+
+
+def test_put_same_name_twice_fails_that_file_only(pair: Pair) -> None:
+    """A name given twice is refused, the rest arrives, nothing hangs (C07)."""
+    empty = write(pair.tmp / "src" / "empty.txt", b"")
+    one = write(pair.tmp / "src" / "one.txt", b"1")
+
+    done = pair.put(empty, one, empty, timeout=30)
+
+    assert done.returncode == 7
+    assert done.stdout == ""
+    lines = error_lines(done)
+    assert any("empty.txt" in line and "twice" in line for line in lines)
+    assert (pair.receiver.root / "empty.txt").read_bytes() == b""
+    assert (pair.receiver.root / "one.txt").read_bytes() == b"1"
+
+
+# -- C04: existing targets ----------------------------------------------------
+
+
+@pytest.fixture
+def precious(pair: Pair) -> tuple[Path, str]:
+    """The receiver's own copy of data.bin, and its digest."""
+    target = random_file(pair.receiver.root / "data.bin", 2 * MiB, seed=10)
+    return target, sha256(target)
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
+def test_put_refuses_to_replace_an_existing_file(
+    pair: Pair, precious: tuple[Path, str], read_only: bool
+) -> None:
+    """The receiver's file is left exactly as it was (C04)."""
+    target, digest = precious
+    if read_only:
+        target.chmod(0o444)
+    source = random_file(pair.tmp / "src" / "data.bin", MiB, seed=11)
+
+    done = pair.put(source)
+
+    assert done.returncode == 6
+    assert done.stdout == ""
+    assert error_lines(done) == [
+        "filexfer: error: receiver refused 'data.bin': already exists"
+    ]
+    assert sha256(target) == digest
+    assert os.listdir(pair.receiver.root) == ["data.bin"]
+    assert "reason=exists" in pair.receiver.log()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_put_never_replaces_a_directory(pair: Pair, overwrite: list[str]) -> None:
+    """A file named like an existing directory is refused (C04)."""
+    photos = pair.receiver.root / "photos"
+    write(photos / "a.jpg", b"keep")
+    source = write(pair.tmp / "src" / "photos", b"not a directory")
+
+    done = pair.put(*overwrite, source)
+
+    assert done.returncode == 6
+    assert done.stdout == ""
+    [line] = error_lines(done)
+    assert "'photos'" in line and "not a regular file" in line
+    assert (photos / "a.jpg").read_bytes() == b"keep"
+    assert leftovers(pair.receiver.root) == []
+
+
+def test_put_refusal_in_a_multi_file_job_fails_only_that_file(
+    pair: Pair, precious: tuple[Path, str]
+) -> None:
+    """Only the existing file fails; the job exits 7 (C04, C10)."""
+    target, digest = precious
+    other = write(pair.tmp / "src" / "a.txt", b"a\n")
+    clash = random_file(pair.tmp / "src" / "data.bin", MiB, seed=12)
+
+    done = pair.put(other, clash)
+
+    assert done.returncode == 7
+    assert done.stdout == ""
+    lines = error_lines(done)
+    assert lines[0] == "filexfer: error: receiver refused 'data.bin': already exists"
+    assert lines[-1] == "filexfer: error: 1 of 2 files failed"
+    assert (pair.receiver.root / "a.txt").read_bytes() == b"a\n"
+    assert sha256(target) == digest
+    assert leftovers(pair.receiver.root) == []
+
+
+def test_put_overwrite_replaces_atomically(
+    pair: Pair, precious: tuple[Path, str]
+) -> None:
+    """With --overwrite a reader sees the old or the new file, never a mix (C04)."""
+    target, old_digest = precious
+    source = random_file(pair.tmp / "src" / "data.bin", 8 * MiB, seed=13)
+    new_digest = sha256(source)
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(sha256(target))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        done = pair.put("--overwrite", source)
+    finally:
+        stop.set()
+        watcher.join(30)
+
+    assert_success(done, 1)
+    assert sha256(target) == new_digest
+    assert seen <= {old_digest, new_digest}
+    assert leftovers(pair.receiver.root) == []
+
+
+# -- C05: interrupted transfers ------------------------------------------------
+
+SLOW_RECEIVER = recv_flags(max_record=1024)  # small records: a slower transfer
+BIG = 16 * MiB
+
+
+@pytest.fixture
+def slow_pair(make_pair: Callable[..., Pair]) -> Pair:
+    return make_pair(*SLOW_RECEIVER)
+
+
+@pytest.fixture
+def big_source(tmp_path: Path) -> Path:
+    return random_file(tmp_path / "src" / "big.bin", BIG, seed=20)
+
+
+def test_put_sender_killed_mid_transfer_leaves_nothing(
+    slow_pair: Pair, big_source: Path
+) -> None:
+    """SIGKILL of the sender: no file under the final name, no part (C05)."""
+    root = slow_pair.receiver.root
+    sender = start_put(slow_pair, big_source)
+    wait_for_part(root)
+
+    sender.kill()
+    sender.wait(30)
+    slow_pair.receiver.wait_for_log(r"event=session\.failed")
+
+    assert not (root / "big.bin").exists()
+    assert leftovers(root) == []
+    assert slow_pair.receiver.alive()
+    assert "event=transfer.aborted" in slow_pair.receiver.log()
+    assert "path=big.bin" in slow_pair.receiver.log()
+
+    rerun = slow_pair.put(big_source)
+    assert_success(rerun, 1)
+    assert sha256(root / "big.bin") == sha256(big_source)
+    assert leftovers(root) == []
+
+
+def test_put_sender_interrupted_says_not_completed(
+    slow_pair: Pair, big_source: Path
+) -> None:
+    """SIGINT of the sender: non-zero exit, a one-line message (C05)."""
+    root = slow_pair.receiver.root
+    sender = start_put(slow_pair, big_source)
+    wait_for_part(root)
+
+    sender.send_signal(signal.SIGINT)
+    stdout, stderr = sender.communicate(timeout=30)
+    slow_pair.receiver.wait_for_log(r"event=session\.failed")
+
+    assert sender.returncode == 130
+    assert stdout == ""
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        "filexfer: error: interrupted; copy not completed"
+    )
+    assert not (root / "big.bin").exists()
+    assert leftovers(root) == []
+
+
+def test_put_receiver_stopped_mid_transfer_leaves_nothing(
+    slow_pair: Pair,
+    big_source: Path,
+    start_receiver: Callable[..., Receiver],
+) -> None:
+    """SIGTERM of recv: it exits 0, removes the part; a rerun works (C05)."""
+    root = slow_pair.receiver.root
+    sender = start_put(slow_pair, big_source)
+    wait_for_part(root)
+
+    assert slow_pair.receiver.stop(signal.SIGTERM) == 0
+    stdout, stderr = sender.communicate(timeout=60)
+
+    assert "event=recv.stopped" in slow_pair.receiver.log()
+    assert sender.returncode == 3
+    assert stdout == ""
+    assert "Traceback" not in stderr
+    assert stderr.startswith("filexfer: error: ")
+    assert not (root / "big.bin").exists()
+    assert leftovers(root) == []
+
+    restarted = start_receiver(root=root)
+    again = Pair(
+        slow_pair.sender_home, restarted, slow_pair.tmp, slow_pair.receiver_fingerprint
+    )
+    assert_success(again.put(big_source), 1)
+    assert sha256(root / "big.bin") == sha256(big_source)
+
+
+def test_put_receiver_killed_mid_transfer_restart_removes_part(
+    slow_pair: Pair,
+    big_source: Path,
+    start_receiver: Callable[..., Receiver],
+) -> None:
+    """SIGKILL of recv: the part stays until the next start removes it (C05)."""
+    root = slow_pair.receiver.root
+    sender = start_put(slow_pair, big_source)
+    wait_for_part(root)
+
+    slow_pair.receiver.stop(signal.SIGKILL)
+    sender.communicate(timeout=60)
+
+    assert sender.returncode not in (0, None)
+    assert not (root / "big.bin").exists()
+    assert len(leftovers(root)) == 1
+
+    restarted = start_receiver(root=root)
+
+    assert "stale_parts_removed=1" in restarted.log()
+    assert leftovers(root) == []
+    assert not (root / "big.bin").exists()
+
+
+def scripted_sender(pair: Pair) -> Channel:
+    """A channel from the authorized sender identity, driven by the test."""
+    identity = load_identity(pair.sender_home)
+    return connect("127.0.0.1", pair.receiver.port, identity, lambda _key: None)
+
+
+def test_connection_cut_at_a_chunk_boundary_is_truncation(pair: Pair) -> None:
+    """Whole chunks and then a clean close do not make a file (C05)."""
+    channel = scripted_sender(pair)
+    channel.send(msgs.Offer(0, 3 * CHUNK, 0, 0o644, False, "cut.bin"))
+    assert channel.recv() == msgs.Accept(0, 0)
+    for _ in range(2):
+        channel.data_buffer()[:] = os.urandom(CHUNK)
+        channel.send_data(CHUNK)
+    channel.close()
+
+    pair.receiver.wait_for_log(r"event=session\.failed")
+
+    root = pair.receiver.root
+    assert not (root / "cut.bin").exists()
+    assert leftovers(root) == []
+    assert f"path=cut.bin bytes={2 * CHUNK}" in pair.receiver.log()
+
+
+def test_close_before_end_is_not_success(pair: Pair) -> None:
+    """Every byte but no End, then Close: the file is discarded (C05)."""
+    channel = scripted_sender(pair)
+    channel.send(msgs.Offer(0, 100, 0, 0o644, False, "no-end.bin"))
+    assert channel.recv() == msgs.Accept(0, 0)
+    channel.data_buffer()[:100] = bytes(100)
+    channel.send_data(100)
+    channel.send(msgs.Close())
+
+    try:
+        reply = channel.recv()
+    finally:
+        channel.close()
+    pair.receiver.wait_for_log(r"event=session\.(end|failed)")
+
+    assert not isinstance(reply, msgs.Done)
+    assert not (pair.receiver.root / "no-end.bin").exists()
+    assert leftovers(pair.receiver.root) == []
+
+
+# -- C10: failures exit non-zero with the right code ---------------------------
+
+
+def test_put_missing_local_file_among_good_ones_exits_7(pair: Pair) -> None:
+    """The good file is sent, the missing one is named (C10)."""
+    good = write(pair.tmp / "src" / "a.txt", b"a\n")
+    missing = pair.tmp / "src" / "missing.txt"
+
+    done = pair.put("--json", good, missing)
+
+    assert done.returncode == 7
+    records = {r["status"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert records["ok"]["name"] == "a.txt"
+    assert records["failed"]["exit_code"] == 8
+    assert "missing.txt" in records["failed"]["error"]
+    lines = error_lines(done)
+    assert any("missing.txt" in line for line in lines)
+    assert lines[-1] == "filexfer: error: 1 of 2 files failed"
+    assert (pair.receiver.root / "a.txt").read_bytes() == b"a\n"
+
+
+def missing_file(src: Path) -> Path:
+    return src / "missing.txt"
+
+
+def plain_directory(src: Path) -> Path:
+    (src / "adir").mkdir()
+    return src / "adir"
+
+
+def fifo(src: Path) -> Path:
+    os.mkfifo(src / "fifo")
+    return src / "fifo"
+
+
+@pytest.mark.parametrize(
+    "make_source",
+    [missing_file, plain_directory, fifo],
+    ids=["missing", "directory without -r", "fifo"],
+)
+def test_put_unusable_local_file_exits_8(
+    pair: Pair, make_source: Callable[[Path], Path]
+) -> None:
+    """A local problem is exit 8, and nothing reaches the receiver (C10)."""
+    src = pair.tmp / "src"
+    src.mkdir()
+    source = make_source(src)
+
+    done = pair.put(source)
+
+    assert done.returncode == 8
+    assert done.stdout == ""
+    [line] = error_lines(done)
+    assert source.name in line
+    assert list(pair.receiver.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [0, MiB], ids=["empty", "one-mib"])
+def test_put_refused_for_lack_of_space_exits_6(
+    make_pair: Callable[..., Pair], size: int
+) -> None:
+    """An empty file the receiver cannot take fails like a big one (C10)."""
+    pair = make_pair(*recv_flags(min_free=1 << 62))
+    source = random_file(pair.tmp / "src" / "backup.tar", size)
+
+    done = pair.put("--json", source)
+
+    assert done.returncode == 6
+    [record] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["status"] == "failed" and record["exit_code"] == 6
+    [line] = error_lines(done)
+    assert "backup.tar" in line and "not enough space" in line
+    assert list(pair.receiver.root.iterdir()) == []
+    assert source.exists()
+
+
+def test_put_all_files_refused_exits_with_their_code(pair: Pair) -> None:
+    """Every file of a job refused the same way: that refusal's code (C10)."""
+    write(pair.receiver.root / "a.txt", b"old a")
+    write(pair.receiver.root / "b.txt", b"old b")
+    sources = [
+        write(pair.tmp / "src" / "a.txt", b"new a"),
+        write(pair.tmp / "src" / "b.txt", b"new b"),
+    ]
+
+    done = pair.put(*sources)
+
+    assert done.returncode == 6
+    assert done.stdout == ""
+    lines = error_lines(done)
+    assert lines[-1] == "filexfer: error: all 2 files failed"
+    assert (pair.receiver.root / "a.txt").read_bytes() == b"old a"
+    assert (pair.receiver.root / "b.txt").read_bytes() == b"old b"
+
+
+def test_put_through_a_tampering_path_exits_5(pair: Pair) -> None:
+    """One flipped bit on the wire fails the copy and stores nothing (C10)."""
+    source = random_file(pair.tmp / "src" / "data.bin", 2 * MiB, seed=30)
+    proxy = TamperProxy(pair.receiver.port, flip_at=300_000)
+
+    done = cli(
+        ["put", "--fingerprint", pair.receiver_fingerprint, source, proxy.address],
+        pair.sender_home,
+    )
+    proxy.close()
+    pair.receiver.wait_for_log(r"event=session\.failed")
+
+    assert proxy.flipped.is_set()
+    assert done.returncode == 5
+    assert done.stdout == ""
+    assert error_lines(done)[0].startswith("filexfer: error: ")
+    assert not (pair.receiver.root / "data.bin").exists()
+    assert leftovers(pair.receiver.root) == []

@@ -1,0 +1,497 @@
+"""Tests for filexfer.storage: names, confinement, part files, commits."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from filexfer.errors import Code, RefusedError
+from filexfer.storage import (
+    MODE_MASK,
+    PART_PREFIX,
+    PART_SUFFIX,
+    LocalStore,
+    NameLimits,
+    PartFile,
+    check_name,
+)
+from tests.helpers import leftovers
+
+# -- check_name ------------------------------------------------------------
+
+ACCEPTED = {
+    "plain": ("a.txt", ("a.txt",)),
+    "nested": ("a/b/c.bin", ("a", "b", "c.bin")),
+    "spaces and non-ascii": (
+        "docs/Übersicht März 2026.txt",
+        ("docs", "Übersicht März 2026.txt"),
+    ),
+    "hidden": (".hidden", (".hidden",)),
+    "dots inside": ("..a/b..", ("..a", "b..")),
+    "three dots": ("...", ("...",)),
+    "cjk and emoji": ("写真/🙂.png", ("写真", "🙂.png")),
+    "component at the limit": ("x" * 255, ("x" * 255,)),
+    "depth at the limit": ("/".join("d" * 32), tuple("d" * 32)),
+}
+
+REFUSED = {
+    "empty": "",
+    "absolute": "/etc/passwd",
+    "absolute root": "/",
+    "dot dot": "..",
+    "dot dot inside": "a/../b",
+    "dot dot at end": "a/..",
+    "dot": ".",
+    "dot inside": "a/./b",
+    "leading dot slash": "./a",
+    "empty component": "a//b",
+    "trailing slash": "dir/",
+    "nul": "a\x00b",
+    "backslash": "a\\b",
+    "windows parent": "..\\evil",
+    "escape": "a\x1b[31mb",
+    "newline": "a\nb",
+    "carriage return": "a\rb",
+    "tab": "a\tb",
+    "delete": "a\x7fb",
+    "c1 next line": "a\x85b",
+    "c1 csi": "a\x9bb",
+    "lone surrogate from undecodable byte": os.fsdecode(b"bad\xff"),
+    "component too long": "x" * 256,
+    "component too long in bytes": "é" * 128,
+    "name too long": "/".join(["x" * 200] * 21),
+    "too deep": "/".join("d" * 33),
+}
+
+
+@pytest.mark.parametrize(("name", "parts"), ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_check_name_accepts(name: str, parts: tuple[str, ...]) -> None:
+    assert check_name(name) == parts
+
+
+@pytest.mark.parametrize("name", REFUSED.values(), ids=REFUSED.keys())
+def test_check_name_refuses(name: str) -> None:
+    with pytest.raises(RefusedError) as caught:
+        check_name(name)
+
+    assert caught.value.code is Code.BAD_PATH
+    assert str(caught.value).startswith("bad path")
+
+
+def test_check_name_obeys_configured_limits() -> None:
+    limits = NameLimits(max_component=4, max_path=9, max_depth=2)
+
+    assert check_name("abcd/efgh", limits) == ("abcd", "efgh")
+    for name in ("abcde", "a/b/c", "abcd/efghi"):
+        with pytest.raises(RefusedError):
+            check_name(name, limits)
+
+
+# -- a store on a temporary root --------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def store(root: Path) -> Iterator[LocalStore]:
+    local = LocalStore(root, min_free=0)
+    yield local
+    local.close()
+
+
+def write_part(
+    store: LocalStore, name: str, data: bytes, overwrite: bool = False
+) -> PartFile:
+    placement = store.reserve(name, len(data), overwrite)
+    part = store.open_part(placement)
+    part.write(data)
+    part.sync()
+    return part
+
+
+def store_file(
+    store: LocalStore, name: str, data: bytes, overwrite: bool = False
+) -> None:
+    part = write_part(store, name, data, overwrite)
+    part.commit()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            found[path.relative_to(root).as_posix()] = path.read_bytes()
+    return found
+
+
+# -- reserve ---------------------------------------------------------------
+
+
+def test_reserve_creates_nothing_on_disk(store: LocalStore, root: Path) -> None:
+    store.reserve("new/dir/file.txt", 10, False)
+
+    assert list(root.iterdir()) == []
+
+
+def test_reserve_refuses_existing_file(store: LocalStore, root: Path) -> None:
+    (root / "data.bin").write_bytes(b"precious")
+
+    with pytest.raises(RefusedError) as caught:
+        store.reserve("data.bin", 3, False)
+
+    assert caught.value.code is Code.EXISTS
+    assert (root / "data.bin").read_bytes() == b"precious"
+
+
+def test_reserve_allows_existing_file_with_overwrite(
+    store: LocalStore, root: Path
+) -> None:
+    (root / "data.bin").write_bytes(b"precious")
+
+    placement = store.reserve("data.bin", 3, True)
+
+    assert placement.overwrite and placement.parts == ("data.bin",)
+    assert (root / "data.bin").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_reserve_refuses_directory_target(
+    store: LocalStore, root: Path, overwrite: bool
+) -> None:
+    (root / "photos").mkdir()
+    (root / "photos" / "a.jpg").write_bytes(b"keep")
+
+    with pytest.raises(RefusedError) as caught:
+        store.reserve("photos", 3, overwrite)
+
+    assert caught.value.code is Code.NOT_REGULAR
+    assert (root / "photos" / "a.jpg").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_reserve_refuses_symlink_as_final_entry(
+    store: LocalStore, root: Path, tmp_path: Path, overwrite: bool
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"outside")
+    (root / "link.txt").symlink_to(outside)
+
+    with pytest.raises(RefusedError) as caught:
+        store.reserve("link.txt", 3, overwrite)
+
+    assert caught.value.code is Code.NOT_REGULAR
+    assert outside.read_bytes() == b"outside"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_reserve_refuses_dangling_symlink(
+    store: LocalStore, root: Path, tmp_path: Path, overwrite: bool
+) -> None:
+    """A link to nothing is not a place to create a file (C02)."""
+    (root / "dangling.txt").symlink_to(tmp_path / "new.txt")
+
+    with pytest.raises(RefusedError) as caught:
+        store.reserve("dangling.txt", 3, overwrite)
+
+    assert caught.value.code is Code.NOT_REGULAR
+    assert not (tmp_path / "new.txt").exists()
+
+
+def test_symlink_swapped_in_at_the_final_name_is_refused(
+    store: LocalStore, root: Path, tmp_path: Path
+) -> None:
+    """A link planted before commit never redirects the data (C02)."""
+    outside = tmp_path / "target.txt"
+    outside.write_bytes(b"KEEP")
+    part = write_part(store, "race.txt", b"PAYLOAD")
+    (root / "race.txt").symlink_to(outside)
+
+    with pytest.raises(RefusedError) as caught:
+        part.commit()
+
+    assert caught.value.code is Code.EXISTS
+    assert (root / "race.txt").is_symlink()
+    assert outside.read_bytes() == b"KEEP"
+    assert leftovers(root) == []
+
+
+def test_overwrite_replaces_a_swapped_in_symlink_not_its_target(
+    store: LocalStore, root: Path, tmp_path: Path
+) -> None:
+    """With overwrite, the link entry itself is replaced (C02)."""
+    outside = tmp_path / "target.txt"
+    outside.write_bytes(b"KEEP")
+    part = write_part(store, "race.txt", b"PAYLOAD", overwrite=True)
+    (root / "race.txt").symlink_to(outside)
+
+    part.commit()
+
+    assert not (root / "race.txt").is_symlink()
+    assert (root / "race.txt").read_bytes() == b"PAYLOAD"
+    assert outside.read_bytes() == b"KEEP"
+    assert leftovers(root) == []
+
+
+def test_reserve_refuses_symlinked_parent_directory(
+    store: LocalStore, root: Path, tmp_path: Path
+) -> None:
+    """A symlink already under the root is never followed (C02)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+
+    with pytest.raises(RefusedError) as caught:
+        store.reserve("link/file.txt", 3, False)
+
+    # docs/protocol.md, section 6: a symlinked parent is NOT_REGULAR.
+    assert caught.value.code is Code.NOT_REGULAR
+    assert list(outside.iterdir()) == []
+
+
+def test_reserve_refuses_file_as_parent_directory(
+    store: LocalStore, root: Path
+) -> None:
+    (root / "plain").write_bytes(b"keep")
+
+    with pytest.raises(RefusedError):
+        store.reserve("plain/file.txt", 3, False)
+
+    assert (root / "plain").read_bytes() == b"keep"
+
+
+def test_reserve_refuses_bad_names_before_touching_disk(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    with pytest.raises(RefusedError) as caught:
+        store.reserve("../escape.txt", 3, False)
+
+    assert caught.value.code is Code.BAD_PATH
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_reserve_refuses_when_space_would_run_out(root: Path) -> None:
+    greedy = LocalStore(root, min_free=0)
+    free = greedy.free_bytes()
+    try:
+        with pytest.raises(RefusedError) as caught:
+            greedy.reserve("huge.bin", free * 2 + (1 << 30), False)
+        assert caught.value.code is Code.NO_SPACE
+    finally:
+        greedy.close()
+
+
+def test_reserve_keeps_the_minimum_free(root: Path) -> None:
+    strict = LocalStore(root, min_free=1 << 62)
+    try:
+        with pytest.raises(RefusedError) as caught:
+            strict.reserve("empty.txt", 0, False)
+        assert caught.value.code is Code.NO_SPACE
+    finally:
+        strict.close()
+
+
+def test_reservations_add_up_until_released(root: Path) -> None:
+    local = LocalStore(root, min_free=0)
+    try:
+        half = local.free_bytes() // 2 + (1 << 20)
+        first = local.reserve("a.bin", half, False)
+        with pytest.raises(RefusedError):
+            local.reserve("b.bin", half, False)
+
+        local.release(first)
+
+        local.reserve("b.bin", half, False)
+    finally:
+        local.close()
+
+
+# -- part files and commit --------------------------------------------------
+
+
+def test_part_file_lives_under_a_temporary_name_until_commit(
+    store: LocalStore, root: Path
+) -> None:
+    part = write_part(store, "dir/data.bin", b"content")
+
+    assert not (root / "dir" / "data.bin").exists()
+    [name] = os.listdir(root / "dir")
+    assert name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+    assert len(name) == len(PART_PREFIX) + 16 + len(PART_SUFFIX)
+
+    part.commit()
+
+    assert os.listdir(root / "dir") == ["data.bin"]
+    assert (root / "dir" / "data.bin").read_bytes() == b"content"
+    assert leftovers(root) == []
+
+
+def test_part_file_is_private_until_finished(store: LocalStore, root: Path) -> None:
+    part = write_part(store, "data.bin", b"x")
+    [name] = os.listdir(root)
+
+    assert stat.S_IMODE(os.stat(root / name).st_mode) == 0o600
+    part.abort()
+
+
+def test_empty_file_commits(store: LocalStore, root: Path) -> None:
+    """An empty file is stored like any other (C07)."""
+    part = write_part(store, "empty.txt", b"")
+    part.finish(0o644, 0)
+    part.commit()
+
+    assert (root / "empty.txt").read_bytes() == b""
+    assert stat.S_ISREG(os.stat(root / "empty.txt").st_mode)
+    assert leftovers(root) == []
+
+
+def test_commit_refuses_a_name_that_appeared_meanwhile(
+    store: LocalStore, root: Path
+) -> None:
+    part = write_part(store, "data.bin", b"new")
+    (root / "data.bin").write_bytes(b"old")
+
+    with pytest.raises(RefusedError) as caught:
+        part.commit()
+
+    assert caught.value.code is Code.EXISTS
+    assert (root / "data.bin").read_bytes() == b"old"
+    assert leftovers(root) == []
+
+
+def test_overwrite_replaces_atomically(store: LocalStore, root: Path) -> None:
+    """--overwrite swaps in a new inode; a reader of the old one is unharmed (C04)."""
+    target = root / "data.bin"
+    target.write_bytes(b"old content")
+    old_inode = target.stat().st_ino
+    part = write_part(store, "data.bin", b"brand new content", overwrite=True)
+
+    with open(target, "rb") as reader:
+        assert target.read_bytes() == b"old content"  # unchanged before commit
+        part.commit()
+        assert reader.read() == b"old content"
+
+    assert target.read_bytes() == b"brand new content"
+    assert target.stat().st_ino != old_inode
+    assert leftovers(root) == []
+
+
+def test_overwrite_never_replaces_a_directory_that_appeared(
+    store: LocalStore, root: Path
+) -> None:
+    part = write_part(store, "photos", b"file", overwrite=True)
+    (root / "photos").mkdir()
+    (root / "photos" / "a.jpg").write_bytes(b"keep")
+
+    with pytest.raises(RefusedError) as caught:
+        part.commit()
+
+    assert caught.value.code is Code.NOT_REGULAR
+    assert (root / "photos" / "a.jpg").read_bytes() == b"keep"
+    assert leftovers(root) == []
+
+
+def test_abort_removes_the_part_file(store: LocalStore, root: Path) -> None:
+    part = write_part(store, "dir/data.bin", b"half")
+
+    part.abort()
+    part.abort()  # harmless a second time
+
+    assert os.listdir(root / "dir") == []
+    assert leftovers(root) == []
+
+
+def test_abort_releases_the_reservation(root: Path) -> None:
+    local = LocalStore(root, min_free=0)
+    try:
+        size = local.free_bytes() // 2 + (1 << 20)
+        part = local.open_part(local.reserve("a.bin", size, False))
+        part.abort()
+
+        local.reserve("b.bin", size, False)
+    finally:
+        local.close()
+
+
+def test_finish_reduces_mode_and_sets_mtime(store: LocalStore, root: Path) -> None:
+    part = write_part(store, "tool", b"#!/bin/sh\n")
+    part.finish(0o6777, 1_234_567_890_123_456_789)
+    part.commit()
+
+    info = os.stat(root / "tool")
+    assert stat.S_IMODE(info.st_mode) == 0o6777 & MODE_MASK == 0o755
+    assert info.st_mtime_ns == 1_234_567_890_123_456_789
+
+
+def test_symlink_swapped_in_after_reserve_is_not_followed(
+    store: LocalStore, root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    placement = store.reserve("later/file.txt", 4, False)
+    (root / "later").symlink_to(outside)
+
+    with pytest.raises(RefusedError):
+        store.open_part(placement)
+
+    assert list(outside.iterdir()) == []
+    assert leftovers(root) == []
+
+
+def test_store_creates_only_directories_and_regular_files(
+    store: LocalStore, root: Path
+) -> None:
+    store_file(store, "a/b/c.txt", b"c")
+    store_file(store, "a/d.txt", b"d")
+
+    kinds = {p.relative_to(root).as_posix(): p.lstat().st_mode for p in root.rglob("*")}
+    assert sorted(kinds) == ["a", "a/b", "a/b/c.txt", "a/d.txt"]
+    assert all(stat.S_ISDIR(m) or stat.S_ISREG(m) for m in kinds.values())
+    assert tree(root) == {"a/b/c.txt": b"c", "a/d.txt": b"d"}
+
+
+# -- stale parts -------------------------------------------------------------
+
+
+def test_remove_stale_parts_deletes_only_part_files(
+    store: LocalStore, root: Path, tmp_path: Path
+) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    stale = [
+        root / ".filexfer-0123456789abcdef.part",
+        root / "sub" / "deeper" / ".filexfer-fedcba9876543210.part",
+    ]
+    kept = [
+        root / "keep.part",
+        root / ".filexfer-notes.txt",
+        root / "sub" / "filexfer-0123.part",
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".filexfer-0000000000000000.part").write_bytes(b"not ours")
+    (root / "link").symlink_to(outside)
+
+    assert store.remove_stale_parts() == 2
+
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)
+    assert (outside / ".filexfer-0000000000000000.part").exists()
+
+
+def test_remove_stale_parts_on_a_clean_root_removes_nothing(
+    store: LocalStore, root: Path
+) -> None:
+    store_file(store, "a.txt", b"a")
+
+    assert store.remove_stale_parts() == 0
+    assert tree(root) == {"a.txt": b"a"}
