@@ -10,12 +10,23 @@ then arrives for the accepted files, in id order: the first ``Data`` or
 written, and ``End`` compares size and digest.  A file that matches joins
 the commit batch; one that does not is deleted and refused.
 
+For a large file, writing overlaps receiving: the session thread
+receives, decrypts and hashes chunk n+1 while a second thread writes
+chunk n to the part file by direct I/O (``_WriteBehind``).  A small file
+is written at once, as handing it to another thread would cost more than
+the write.  Chunks are decrypted into a small pool of buffers
+that go round between the two threads, so memory does not grow with file
+size.  Only the session thread talks to the peer; a write error is left
+on the file and reported by the session thread at its next step.  Before
+a part file is closed, synced or deleted, the writer is drained, so no
+write can land in a file descriptor that has been reused.
+
 Commits are batched so that ten thousand small files do not cost ten
 thousand fsyncs: a batch is made durable in one go (``fsync`` for a
 single file, ``syncfs`` for several), then each part is linked or renamed
 to its final name, the directories are synced, and only then is ``Done``
 sent for each file.  A batch is flushed when it is full, when no more
-bytes are waiting on the socket, and at ``Close``.
+bytes arrive within a short pause, and at ``Close``.
 
 Anything that breaks the protocol (data for a file that was not accepted,
 more bytes than offered, an unknown id) ends the session with ``Error``;
@@ -27,7 +38,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import select
+import threading
 import time
 from dataclasses import dataclass
 
@@ -37,12 +50,15 @@ from . import messages as msgs
 from .errors import Code, FilexferError, ProtocolError, RefusedError
 from .printable import printable
 from .session import Channel
-from .storage import LocalStore, PartFile, Placement, refusal_for
+from .storage import LocalStore, PartFile, Placement, aligned_buffer, refusal_for
 
 log = logging.getLogger(__name__)
 
 BATCH_FILES = 128
 BATCH_BYTES = 256 << 20
+WRITE_BUFFERS = 6
+LARGE_FILE = 8 << 20
+FLUSH_PAUSE = 0.01
 
 
 @dataclass
@@ -51,8 +67,97 @@ class _Incoming:
     placement: Placement
     part: PartFile | None = None
     hasher: blake3 | None = None
+    received: int = 0
     started: float = 0.0
     discarding: bool = False
+    write_behind: bool = False
+    write_error: RefusedError | None = None
+
+
+_Chunk = tuple[_Incoming, memoryview, memoryview]
+
+
+class _WriteBehind:
+    """A second thread that writes chunks to part files, in order."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._allocated = 0
+        self._chunks: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._crash: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="filexfer-writer", daemon=True
+        )
+        self._thread.start()
+
+    def buffer(self) -> memoryview:
+        """A free buffer to receive into; waits while all are being written."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            if self._allocated < WRITE_BUFFERS:
+                self._allocated += 1
+                # Data payloads start one byte into the plaintext, after
+                # the message type: align that byte for direct I/O.
+                return aligned_buffer(self._channel.max_in, lead=1)
+        return self._free.get()
+
+    def recycle(self, buffer: memoryview) -> None:
+        self._free.put(buffer)
+
+    def write(
+        self, incoming: _Incoming, payload: memoryview, buffer: memoryview
+    ) -> None:
+        """Queue payload (a view into buffer) for incoming's part file."""
+        with self._idle:
+            self._pending += 1
+        self._chunks.put((incoming, payload, buffer))
+
+    def drain(self) -> None:
+        """Wait until every queued chunk is written (or has failed)."""
+        with self._idle:
+            while self._pending:
+                self._idle.wait()
+        if self._crash is not None:
+            raise AssertionError("internal error: writer thread failed") from (
+                self._crash
+            )
+
+    def close(self) -> None:
+        self.drain()
+        self._chunks.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            incoming, payload, buffer = chunk
+            try:
+                self._write(incoming, payload)
+            except BaseException as exc:  # reported to the session thread
+                self._crash = exc
+            finally:
+                self._free.put(buffer)
+                with self._idle:
+                    self._pending -= 1
+                    if not self._pending:
+                        self._idle.notify_all()
+
+    @staticmethod
+    def _write(incoming: _Incoming, payload: memoryview) -> None:
+        _write_chunk(incoming, payload)
+
+
+def _write_chunk(incoming: _Incoming, payload: memoryview) -> None:
+    """Write to the part file, keeping the first error on the file."""
+    if incoming.write_error is not None or incoming.part is None:
+        return
+    try:
+        incoming.part.write(payload)
+    except RefusedError as exc:
+        incoming.write_error = exc
 
 
 class ReceiveSession:
@@ -68,6 +173,7 @@ class ReceiveSession:
         self.names: set[str] = set()
         self.next_id = 0
         self.committed = 0
+        self.writer = _WriteBehind(channel)
 
     def run(self) -> None:
         """Serve until the sender's Close; clean up whatever is unfinished.
@@ -83,10 +189,16 @@ class ReceiveSession:
             raise
         finally:
             self._discard_unfinished()
+            self.writer.close()
 
     def _serve(self) -> None:
         while True:
-            message = self.channel.recv()
+            buffer = self.writer.buffer()
+            message = self.channel.recv(buffer)
+            if isinstance(message, msgs.Data):
+                self._on_data(memoryview(message.payload), buffer)
+                continue
+            self.writer.recycle(buffer)
             if isinstance(message, msgs.Close):
                 self._flush()
                 self.channel.send(msgs.Close())
@@ -96,8 +208,6 @@ class ReceiveSession:
     def _dispatch(self, message: msgs.Message) -> None:
         if isinstance(message, msgs.Offer):
             self._on_offer(message)
-        elif isinstance(message, msgs.Data):
-            self._on_data(message.payload)
         elif isinstance(message, msgs.End):
             self._on_end(message)
         elif isinstance(message, msgs.Abort):
@@ -150,28 +260,42 @@ class ReceiveSession:
                 incoming.part = self.store.open_part(incoming.placement)
             except RefusedError as exc:
                 self._fail_current(incoming, exc)
+                return incoming
+            if incoming.offer.size >= LARGE_FILE:
+                incoming.write_behind = True
+                incoming.part.use_direct_io()
         return incoming
 
-    def _on_data(self, payload: memoryview | bytes) -> None:
+    def _on_data(self, payload: memoryview, buffer: memoryview) -> None:
         incoming = self._current()
+        if incoming.write_error is not None and not incoming.discarding:
+            self._fail_current(incoming, incoming.write_error)
         if incoming.discarding:
+            self.writer.recycle(buffer)
             return
-        assert incoming.part is not None and incoming.hasher is not None
-        if incoming.part.written + len(payload) > incoming.offer.size:
+        assert incoming.hasher is not None
+        incoming.received += len(payload)
+        if incoming.received > incoming.offer.size:
+            self.writer.recycle(buffer)
             raise ProtocolError(
                 f"{printable(incoming.offer.name)!r}: more bytes than offered"
             )
-        try:
-            incoming.part.write(payload)
-        except RefusedError as exc:
-            self._fail_current(incoming, exc)
-            return
         incoming.hasher.update(payload)
+        if incoming.write_behind:
+            self.writer.write(incoming, payload, buffer)
+            return
+        _write_chunk(incoming, payload)
+        self.writer.recycle(buffer)
+
+    def _drop_part(self, incoming: _Incoming) -> None:
+        """Delete the part file, once no queued write can still reach it."""
+        if incoming.part is not None:
+            self.writer.drain()
+            incoming.part.abort()
 
     def _fail_current(self, incoming: _Incoming, exc: RefusedError) -> None:
         """Refuse the file mid-way; its remaining data is read and dropped."""
-        if incoming.part is not None:
-            incoming.part.abort()
+        self._drop_part(incoming)
         incoming.discarding = True
         level = logging.ERROR if exc.code is Code.NO_SPACE else logging.WARNING
         log.log(
@@ -195,10 +319,10 @@ class ReceiveSession:
         incoming = self._take_current(end.file_id)
         if incoming.discarding:
             return
-        part, hasher = incoming.part, incoming.hasher
-        assert part is not None and hasher is not None
-        if end.size != incoming.offer.size or part.written != end.size:
-            part.abort()
+        hasher = incoming.hasher
+        assert hasher is not None
+        if end.size != incoming.offer.size or incoming.received != end.size:
+            self._drop_part(incoming)
             raise ProtocolError(f"{printable(incoming.offer.name)!r}: size mismatch")
         if hasher.digest() != end.digest:
             self._digest_mismatch(incoming)
@@ -206,8 +330,7 @@ class ReceiveSession:
         self._add_to_batch(incoming)
 
     def _digest_mismatch(self, incoming: _Incoming) -> None:
-        assert incoming.part is not None
-        incoming.part.abort()
+        self._drop_part(incoming)
         log.warning(
             "event=transfer.digest_mismatch session=%s key=%s path=%s",
             self.session_id,
@@ -221,7 +344,7 @@ class ReceiveSession:
     def _on_abort(self, abort: msgs.Abort) -> None:
         incoming = self._take_current(abort.file_id)
         if incoming.part is not None:
-            incoming.part.abort()
+            self._drop_part(incoming)
         else:
             self.store.release(incoming.placement)
         log.info(
@@ -229,22 +352,15 @@ class ReceiveSession:
             self.session_id,
             self.channel.peer_short,
             printable(incoming.offer.name),
-            incoming.part.written if incoming.part else 0,
+            incoming.received,
             printable(abort.reason),
         )
 
     # -- commits --------------------------------------------------------
 
     def _add_to_batch(self, incoming: _Incoming) -> None:
-        assert incoming.part is not None
-        offer = incoming.offer
-        try:
-            incoming.part.finish(offer.mode, offer.mtime_ns)
-        except RefusedError as exc:
-            self._fail_current(incoming, exc)
-            return
         self.batch.append(incoming)
-        self.batch_bytes += offer.size
+        self.batch_bytes += incoming.offer.size
         if (
             len(self.batch) >= BATCH_FILES
             or self.batch_bytes >= BATCH_BYTES
@@ -253,27 +369,52 @@ class ReceiveSession:
             self._flush()
 
     def _more_waiting(self) -> bool:
-        readable, _, _ = select.select([self.channel.sock], [], [], 0)
+        """Whether the sender is still streaming: bytes arrive within a pause.
+
+        Waiting a moment before calling the stream idle keeps a sender that
+        is only a little slower than this side from causing one sync per
+        file; a sender that has finished gets its confirmations after at
+        most FLUSH_PAUSE.
+        """
+        readable, _, _ = select.select([self.channel.sock], [], [], FLUSH_PAUSE)
         return bool(readable)
 
     def _flush(self) -> None:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
         if not batch:
             return
-        parts = [item.part for item in batch if item.part is not None]
+        self.writer.drain()
+        for item in batch:
+            self._finish(item)
+        parts = [
+            item.part for item in batch if item.part is not None and not item.discarding
+        ]
         try:
             self._make_durable(parts)
-        except OSError as exc:
+        except (OSError, RefusedError) as exc:
+            refusal = exc if isinstance(exc, RefusedError) else refusal_for(exc)
             for item in batch:
-                self._fail_current(item, refusal_for(exc))
+                if not item.discarding:
+                    self._fail_current(item, refusal)
             return
         for item in batch:
-            self._commit(item)
+            if not item.discarding:
+                self._commit(item)
         self.store.sync_dirs(parts)
         for item in batch:
             if not item.discarding:
                 self._confirm(item)
         self.store.close_dirs()
+
+    def _finish(self, item: _Incoming) -> None:
+        """Check the file's writes and give it the offered mode and mtime."""
+        assert item.part is not None
+        try:
+            if item.write_error is not None:
+                raise item.write_error
+            item.part.finish(item.offer.mode, item.offer.mtime_ns)
+        except RefusedError as exc:
+            self._fail_current(item, exc)
 
     def _make_durable(self, parts: list[PartFile]) -> None:
         if len(parts) == 1 or not self.store.sync_all():
@@ -312,6 +453,7 @@ class ReceiveSession:
             pass  # the connection is already gone; nothing more to say
 
     def _discard_unfinished(self) -> None:
+        self.writer.drain()
         for item in list(self.queue) + self.batch:
             if item.part is not None:
                 if item.part.part_name:
@@ -321,7 +463,7 @@ class ReceiveSession:
                         self.session_id,
                         self.channel.peer_short,
                         printable(item.offer.name),
-                        item.part.written,
+                        item.received,
                     )
                 item.part.abort()
             else:

@@ -12,10 +12,17 @@ the responder checks the initiator's key against its authorized list
 after the third message and, if it is not there, sends one ``Error``
 record and closes, having written nothing anywhere.
 
+The responder builds a :class:`Channel`, with its megabyte record
+buffers, only for an authorized sender; a stranger is refused with one
+small record.
+
 After the handshake each direction uses its own split key with the record
 layer.  Every blocking operation has a deadline: connect, the whole
 handshake, and an idle timeout on every later read and write, so a silent
-or frozen peer ends the session instead of holding it forever.
+or frozen peer ends the session instead of holding it forever.  The
+handshake deadline covers the whole exchange, not each read, so a peer
+that trickles one byte at a time is dropped as surely as a silent one;
+no read inside it waits longer than the idle timeout either.
 
 This module is the one place where foreign exceptions (``OSError``,
 timeouts, record, message and Noise errors) become filexfer errors.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -41,6 +49,7 @@ from .errors import (
 )
 from .keys import Identity, fingerprint, short_fingerprint
 from .noise import HandshakeState, NoiseError
+from .printable import printable
 from .records import (
     HEADER_LEN,
     MAX_PLAINTEXT,
@@ -67,27 +76,79 @@ class Timeouts:
 
 
 @contextlib.contextmanager
-def translate(what: str, idle: float | None = None) -> Iterator[None]:
-    """Turn foreign exceptions raised inside the block into ours."""
+def translate(
+    what: str,
+    idle: float | None = None,
+    peer: str = "peer",
+    deadline: _Deadline | None = None,
+) -> Iterator[None]:
+    """Turn foreign exceptions raised inside the block into ours.
+
+    Args:
+        what: the step, for messages ("receive", "handshake").
+        idle: the read timeout in force, for the timeout message.
+        peer: what to call the other side ("receiver", "sender").
+        deadline: the handshake's clock, when the block is a handshake.
+    """
     try:
         yield
     except FilexferError:
         raise
     except TimeoutError as exc:
-        wait = f" (no data for {idle:g} s)" if idle else ""
-        raise PeerTimeoutError(f"peer stopped responding{wait}") from exc
+        raise _timeout(what, idle, peer, deadline) from exc
     except (RecordError, NoiseError) as exc:
         raise IntegrityError(f"{what}: connection failed its integrity check") from exc
     except msgs.MessageError as exc:
-        raise ProtocolError(f"{what}: peer sent a malformed message ({exc})") from exc
+        raise ProtocolError(f"{what}: {peer} sent a malformed message ({exc})") from exc
     except (ConnectionError, EOFError) as exc:
         raise ConnectError(f"{what}: connection lost") from exc
     except OSError as exc:
         raise ConnectError(f"{what}: {exc.strerror or exc}") from exc
 
 
-def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+def _timeout(
+    what: str, idle: float | None, peer: str, deadline: _Deadline | None
+) -> PeerTimeoutError:
+    if deadline is not None:
+        return PeerTimeoutError(
+            f"{peer} stopped responding during the handshake ({deadline.why()})"
+        )
+    wait = f" (no data for {idle:g} s)" if idle else ""
+    return PeerTimeoutError(f"{peer} stopped responding{wait}")
+
+
+class _Deadline:
+    """The clock of one handshake.
+
+    Every read and write inside the handshake waits at most ``step``
+    seconds (the idle timeout) and never past the end of the whole
+    handshake, however the peer spaces out its bytes.
+    """
+
+    def __init__(self, total: float, step: float) -> None:
+        self.total = total
+        self.step = min(step, total)
+        self.end = time.monotonic() + total
+
+    def arm(self, sock: socket.socket) -> None:
+        """Set sock's timeout for its next operation; raise when expired."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("handshake deadline passed")
+        sock.settimeout(min(self.step, left))
+
+    def why(self) -> str:
+        if time.monotonic() >= self.end - 0.01 or self.step >= self.total:
+            return f"not finished within {self.total:g} s"
+        return f"no data for {self.step:g} s"
+
+
+def _recv_exact(
+    sock: socket.socket, view: memoryview, deadline: _Deadline | None = None
+) -> None:
     while view:
+        if deadline is not None:
+            deadline.arm(sock)
         count = sock.recv_into(view)
         if count == 0:
             raise EOFError("peer closed the connection")
@@ -100,6 +161,9 @@ class Channel:
     One thread may send while another receives; each direction has its own
     key, counter and buffers.
     """
+
+    # What messages call the other side; connect and accept name it.
+    peer_role = "peer"
 
     def __init__(
         self,
@@ -146,28 +210,36 @@ class Channel:
         self._send_plain(memoryview(self._plain_out)[: 1 + count])
 
     def _send_plain(self, plaintext: bytes | memoryview) -> None:
-        with translate("send", self.idle):
+        with translate("send", self.idle, self.peer_role):
             out = memoryview(self._wire_out)
             total = self._sealer.seal_into(plaintext, out)
             self.sock.sendall(out[:total])
 
-    def recv(self) -> msgs.Message:
-        """Receive the next message; Data payloads are valid until next call.
+    @property
+    def max_in(self) -> int:
+        """The largest record plaintext this side accepts."""
+        return self._max_in
 
-        An Error message from the peer is raised as the matching error.
+    def recv(self, into: memoryview | None = None) -> msgs.Message:
+        """Receive the next message.
+
+        A Data payload is a view into INTO (at least :attr:`max_in` bytes),
+        or into the channel's own buffer when INTO is not given; either
+        way it is valid only until that buffer is used again.  An Error
+        message from the peer is raised as the matching error.
         """
-        with translate("receive", self.idle):
+        plain = memoryview(self._plain_in) if into is None else into
+        with translate("receive", self.idle, self.peer_role):
             header = bytearray(HEADER_LEN)
             _recv_exact(self.sock, memoryview(header))
             length = parse_length(bytes(header), self._max_in)
             body = memoryview(self._wire_in)[:length]
             _recv_exact(self.sock, body)
-            size = self._opener.open_into(
-                bytes(header), body, memoryview(self._plain_in)
-            )
-            message = msgs.decode(memoryview(self._plain_in)[:size])
+            size = self._opener.open_into(bytes(header), body, plain)
+            message = msgs.decode(plain[:size])
         if isinstance(message, msgs.Error):
-            raise from_code(message.code, f"peer: {message.reason}")
+            reason = printable(message.reason)
+            raise from_code(message.code, f"{self.peer_role}: {reason}")
         return message
 
     def close(self) -> None:
@@ -176,18 +248,19 @@ class Channel:
         self.sock.close()
 
 
-def _send_frame(sock: socket.socket, payload: bytes) -> None:
+def _send_frame(sock: socket.socket, payload: bytes, deadline: _Deadline) -> None:
+    deadline.arm(sock)
     sock.sendall(_FRAME.pack(len(payload)) + payload)
 
 
-def _recv_frame(sock: socket.socket) -> bytes:
+def _recv_frame(sock: socket.socket, deadline: _Deadline) -> bytes:
     header = bytearray(_FRAME.size)
-    _recv_exact(sock, memoryview(header))
+    _recv_exact(sock, memoryview(header), deadline)
     (length,) = _FRAME.unpack(header)
     if length > MAX_HANDSHAKE_MESSAGE:
         raise ProtocolError("handshake message too long")
     body = bytearray(length)
-    _recv_exact(sock, memoryview(body))
+    _recv_exact(sock, memoryview(body), deadline)
     return bytes(body)
 
 
@@ -242,20 +315,23 @@ def _initiate(
     verify_peer: Callable[[bytes], None],
     timeouts: Timeouts,
 ) -> Channel:
-    sock.settimeout(timeouts.handshake)
-    with translate("handshake", timeouts.handshake):
+    deadline = _Deadline(timeouts.handshake, timeouts.idle)
+    with _initiator_errors(deadline):
         state = HandshakeState(True, identity.private, PROLOGUE)
-        _send_frame(sock, state.write_message(b""))
-        hello = _hello_from(state.read_message(_recv_frame(sock)))
+        _send_frame(sock, state.write_message(b""), deadline)
+        hello = _hello_from(state.read_message(_recv_frame(sock, deadline)))
 
         peer = state.remote_static
         assert peer is not None, "internal error: XX revealed no static key"
         verify_peer(peer)
 
-        _send_frame(sock, state.write_message(_my_hello(MAX_PLAINTEXT)))
+        # verify_peer may have asked the user: their thinking time is not
+        # the receiver's silence, so the last message gets a fresh clock.
+        deadline = _Deadline(timeouts.handshake, timeouts.idle)
+        _send_frame(sock, state.write_message(_my_hello(MAX_PLAINTEXT)), deadline)
         send, recv = state.split()
     assert send.key is not None and recv.key is not None
-    return Channel(
+    channel = Channel(
         sock,
         send.key,
         recv.key,
@@ -264,6 +340,27 @@ def _initiate(
         hello.max_plaintext,
         timeouts.idle,
     )
+    channel.peer_role = "receiver"
+    return channel
+
+
+@contextlib.contextmanager
+def _initiator_errors(deadline: _Deadline) -> Iterator[None]:
+    """translate() for the initiator's handshake, with a hint on a hang-up.
+
+    A receiver closes a connection unanswered when all its handshake
+    slots are taken, so a hang-up here usually means "busy", not "broken".
+    """
+    try:
+        with translate("handshake", peer="receiver", deadline=deadline):
+            yield
+    except ConnectError as exc:
+        if type(exc) is not ConnectError:
+            raise
+        raise ConnectError(
+            "receiver closed the connection during the handshake",
+            hint="it may be at its limit of connections; try again later",
+        ) from exc.__cause__
 
 
 def accept(
@@ -279,15 +376,18 @@ def accept(
         TrustError: the sender's key is not authorized (it has been told).
         IntegrityError, ProtocolError, ConnectError, PeerTimeoutError.
     """
-    sock.settimeout(timeouts.handshake)
-    with translate("handshake", timeouts.handshake):
+    deadline = _Deadline(timeouts.handshake, timeouts.idle)
+    with translate("handshake", peer="sender", deadline=deadline):
         state = HandshakeState(False, identity.private, PROLOGUE)
-        state.read_message(_recv_frame(sock))
-        _send_frame(sock, state.write_message(_my_hello(max_plaintext)))
-        hello = _hello_from(state.read_message(_recv_frame(sock)))
+        state.read_message(_recv_frame(sock, deadline))
+        _send_frame(sock, state.write_message(_my_hello(max_plaintext)), deadline)
+        hello = _hello_from(state.read_message(_recv_frame(sock, deadline)))
         send, recv = state.split()
     peer = state.remote_static
     assert peer is not None and send.key is not None and recv.key is not None
+    if not authorized(peer):
+        _refuse(sock, send.key, deadline)
+        raise TrustError(f"sender key {fingerprint(peer)} is not authorized")
     channel = Channel(
         sock,
         send.key,
@@ -297,8 +397,18 @@ def accept(
         hello.max_plaintext,
         timeouts.idle,
     )
-    if not authorized(peer):
-        with contextlib.suppress(FilexferError):
-            channel.send(msgs.Error(int(TrustError.code), "sender key not authorized"))
-        raise TrustError(f"sender key {fingerprint(peer)} is not authorized")
+    channel.peer_role = "sender"
     return channel
+
+
+def _refuse(sock: socket.socket, send_key: bytes, deadline: _Deadline) -> None:
+    """Tell an unauthorized sender so in one record, built without a Channel.
+
+    A Channel holds megabytes of record buffers; a stranger must not be
+    able to make the receiver allocate them.
+    """
+    error = msgs.Error(int(TrustError.code), "sender key not authorized")
+    record = Sealer(send_key).seal(msgs.encode(error))
+    with contextlib.suppress(OSError):
+        deadline.arm(sock)
+        sock.sendall(record)

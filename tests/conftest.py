@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Pair, Receiver, cli, fingerprint, public_key
+from tests.helpers import Pair, Receiver, quick_pair_maker
 
 
 @pytest.fixture
@@ -55,16 +55,12 @@ def make_pair(
     receiver_home: Path,
     start_receiver: Callable[..., Receiver],
 ) -> Callable[..., Pair]:
-    """An authorized sender and a running receiver (extra recv flags allowed)."""
+    """An authorized sender and a running receiver (extra recv flags allowed).
 
-    def make(*extra: str, authorize: bool = True) -> Pair:
-        if authorize:
-            done = cli(["allow", public_key(sender_home), "test"], receiver_home)
-            assert done.returncode == 0, done.stderr
-        receiver = start_receiver(*extra)
-        return Pair(sender_home, receiver, tmp_path, fingerprint(receiver_home))
-
-    return make
+    The keys are set up in-process; the `id` and `allow` commands
+    themselves are tested in test_keys.py.
+    """
+    return quick_pair_maker(tmp_path, sender_home, receiver_home, start_receiver)
 
 
 @pytest.fixture

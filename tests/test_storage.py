@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 from collections.abc import Iterator
@@ -11,13 +12,17 @@ import pytest
 
 from filexfer.errors import Code, RefusedError
 from filexfer.storage import (
+    DIRECT_ALIGN,
     MODE_MASK,
     PART_PREFIX,
     PART_SUFFIX,
+    WRITEBACK_STEP,
     LocalStore,
     NameLimits,
     PartFile,
+    aligned_buffer,
     check_name,
+    rename_no_replace,
 )
 from tests.helpers import leftovers
 
@@ -495,3 +500,98 @@ def test_remove_stale_parts_on_a_clean_root_removes_nothing(
 
     assert store.remove_stale_parts() == 0
     assert tree(root) == {"a.txt": b"a"}
+
+
+# -- direct I/O, write-back hints and the no-replace rename ----------------
+
+
+def aligned_chunks(data: bytes, size: int) -> list[memoryview]:
+    """Data cut into size-byte pieces, each in an aligned buffer (lead 0)."""
+    pieces = []
+    for start in range(0, len(data), size):
+        piece = data[start : start + size]
+        buffer = aligned_buffer(len(piece))
+        buffer[:] = piece
+        pieces.append(buffer)
+    return pieces
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, DIRECT_ALIGN - 1, DIRECT_ALIGN, 3 * (1 << 20) + 500, 3 << 20],
+)
+def test_direct_io_part_file_keeps_every_byte(
+    store: LocalStore, root: Path, size: int
+) -> None:
+    data = os.urandom(size)
+    placement = store.reserve("big.bin", size, False)
+    part = store.open_part(placement)
+    part.use_direct_io()
+    for piece in aligned_chunks(data, 1 << 20):
+        part.write(piece)
+    part.sync()
+    part.commit()
+    assert (root / "big.bin").read_bytes() == data
+    assert leftovers(root) == []
+
+
+def test_direct_io_falls_back_after_an_unaligned_write(
+    store: LocalStore, root: Path
+) -> None:
+    placement = store.reserve("mixed.bin", 3 * DIRECT_ALIGN + 10, False)
+    part = store.open_part(placement)
+    direct = part.use_direct_io()
+    part.write(aligned_chunks(b"a" * DIRECT_ALIGN, DIRECT_ALIGN)[0])
+    part.write(b"b" * 10)
+    assert not part.direct
+    part.write(b"c" * (3 * DIRECT_ALIGN))
+    part.sync()
+    part.commit()
+    expected = b"a" * DIRECT_ALIGN + b"b" * 10 + b"c" * (3 * DIRECT_ALIGN)
+    assert (root / "mixed.bin").read_bytes() == expected
+    assert direct in (True, False)
+
+
+def test_direct_io_is_refused_mid_block(store: LocalStore) -> None:
+    placement = store.reserve("odd.bin", 10, False)
+    part = store.open_part(placement)
+    part.write(b"x" * 10)
+    assert part.use_direct_io() is False
+    assert not part.direct
+    part.abort()
+
+
+def test_aligned_buffer_puts_the_lead_byte_on_a_block_boundary() -> None:
+    buffer = aligned_buffer(1000, lead=1)
+    assert len(buffer) == 1000
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    assert (address + 1) % DIRECT_ALIGN == 0
+
+
+def test_large_buffered_file_hands_data_to_the_disk_as_it_goes(
+    store: LocalStore, root: Path
+) -> None:
+    data = os.urandom(WRITEBACK_STEP + 12345)
+    placement = store.reserve("steady.bin", len(data), False)
+    part = store.open_part(placement)
+    for start in range(0, len(data), 1 << 20):
+        part.write(data[start : start + (1 << 20)])
+    assert part.handed_to_disk == WRITEBACK_STEP
+    part.sync()
+    part.commit()
+    assert (root / "steady.bin").read_bytes() == data
+
+
+def test_rename_no_replace_never_clobbers(root: Path) -> None:
+    (root / "old").write_bytes(b"new content")
+    (root / "taken").write_bytes(b"precious")
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            rename_no_replace(dir_fd, "old", "taken")
+        rename_no_replace(dir_fd, "old", "free")
+    finally:
+        os.close(dir_fd)
+    assert (root / "taken").read_bytes() == b"precious"
+    assert (root / "free").read_bytes() == b"new content"
+    assert not (root / "old").exists()
