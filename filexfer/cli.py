@@ -4,13 +4,24 @@ Each subcommand parses its arguments, calls one library function and lets
 errors propagate to :func:`main`, which prints ``filexfer: error: ...``
 (and a hint), and exits with the error's code.  Progress bars live only
 here, on stderr, and only when stderr is a terminal.
+
+Everything a user can get wrong on the command line or in the config
+(addresses, ports, timeouts, directories, key files) is found before a
+connection is made or a socket is bound to serve, and is exit 2 with a
+one-line message.  Asking whether to trust a new receiver key never
+happens inside a handshake: the connection that showed the key is closed
+first, and after a yes the key is pinned and a new connection made, which
+must show the same key.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,26 +32,33 @@ import click
 
 from . import __version__
 from .errors import (
+    ConnectError,
     FilexferError,
+    InterruptError,
     PartialError,
     TrustError,
     UsageError,
+    os_reason,
 )
 from .keys import (
+    Identity,
     KnownReceivers,
     allow_sender,
+    authorized_senders,
+    check_fingerprint_text,
     check_pin,
     fingerprint,
     load_identity,
     matches_fingerprint,
 )
 from .printable import printable
-from .sender import FileResult, collect_sources, send_files
+from .sender import FileResult, Source, collect_sources, send_files, unsent
 from .server import Server, ServerConfig
-from .session import Timeouts, connect
+from .session import Channel, Timeouts, connect
 from .storage import NameLimits
 
 DEFAULT_PORT = 7757
+MAX_SECONDS = 86400.0  # a day: longer timeouts are typing mistakes
 
 EXIT_CODES = """\b
 Exit codes:
@@ -52,11 +70,27 @@ Exit codes:
   5  integrity: data or digest failed to verify, or protocol violation
   6  refused by the receiver: exists, bad path, no space, write error
   7  some files failed, the others arrived
-  8  a local file could not be read, or changed while being sent"""
+  8  a local file could not be read or sent, or changed while being sent
+  130  interrupted (Ctrl-C); files not confirmed were not copied"""
 
 
 class _State:
     debug = False
+
+
+class _CliFormatter(logging.Formatter):
+    """``filexfer: warning: ...``, the form of the CLI's other lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"filexfer: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_put_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CliFormatter())
+    root = logging.getLogger("filexfer")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -103,33 +137,86 @@ def allow(key: str, comment: str) -> None:
     click.echo(f"filexfer: {word}: {key.split()[0]}", err=True)
 
 
-def _split_address(text: str) -> tuple[str, int]:
-    """Parse HOST, HOST:PORT, [V6] or [V6]:PORT."""
+def _split_address(text: str, *, listening: bool = False) -> tuple[str, int]:
+    """Parse HOST, HOST:PORT, [V6] or [V6]:PORT (port 0 only to listen)."""
+    shown = printable(text)
     host, port = text, DEFAULT_PORT
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise UsageError(f"unclosed '[' in '{shown}'")
+        if rest and not rest.startswith(":"):
+            raise UsageError(f"expected ':PORT' after ']' in '{shown}'")
         if rest:
-            port = _port(rest.removeprefix(":"), text)
+            port = _port(rest[1:], shown)
     elif text.count(":") == 1:
         host, _, number = text.partition(":")
-        port = _port(number, text)
+        port = _port(number, shown)
     if not host:
-        raise UsageError(f"no host in {text!r}")
+        raise UsageError(f"no host in '{shown}'")
+    if not _host_ok(host):
+        raise UsageError(f"bad host in '{shown}'")
+    if port == 0 and not listening:
+        raise UsageError(f"port 0 in '{shown}': give the port the receiver uses")
     return host, port
 
 
-def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise UsageError(f"bad port in {whole!r}")
+def _host_ok(host: str) -> bool:
+    if not host.isprintable() or any(ch.isspace() for ch in host):
+        return False
+    try:
+        # The encoding the socket calls apply: empty or overlong labels
+        # fail here, with an error that is not an OSError.
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def _port(text: str, shown: str) -> int:
+    # ASCII digits only: str.isdigit() takes "\u00b2", int() takes "\u0667".
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) > 65535:
+        raise UsageError(
+            f"bad port in '{shown}'", hint="a port is a number from 1 to 65535"
+        )
     return int(text)
 
 
-@cli.command(epilog=EXIT_CODES)
+def _display(host: str, port: int) -> str:
+    """HOST:PORT as a user writes it: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Seconds(click.FloatRange):
+    """A timeout: a finite number of seconds from 0.1 to a day."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(0.1, MAX_SECONDS)
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        seconds = float(super().convert(value, param, ctx))
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+RECV_EXIT = """\b
+With --once, recv exits 0 when the session ended normally, even if the
+receiver refused some of its files, and with the session's code (3, 5, ...)
+when the session failed. A signal before any session: 0.
+"""
+
+
+@cli.command(epilog=RECV_EXIT + "\n" + EXIT_CODES)
 @click.option(
     "--dir",
-    "root",
+    "root_text",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(),
     help="Directory that received files go into (created if missing).",
 )
 @click.option(
@@ -157,14 +244,14 @@ def _port(text: str, whole: str) -> int:
     "--handshake-timeout",
     default=15.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=_Seconds(),
     help="Seconds a handshake may take.",
 )
 @click.option(
     "--idle-timeout",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=_Seconds(),
     help="Seconds without data before a session is dropped.",
 )
 @click.option(
@@ -197,7 +284,7 @@ def _port(text: str, whole: str) -> int:
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
 def recv(
-    root: Path,
+    root_text: str,
     listen: str,
     once: bool,
     max_sessions: int,
@@ -216,9 +303,12 @@ def recv(
     SIGTERM stop it cleanly; unfinished files are removed, never left under
     their final name.
     """
-    _configure_logging(verbose)
-    host, port = _split_address(listen)
-    root.mkdir(parents=True, exist_ok=True)
+    root = _root_option(root_text)
+    host, port = _split_address(listen, listening=True)
+    # Read once here so that a damaged file stops the start, with its line
+    # number, instead of failing every handshake later.
+    authorized_senders()
+    identity = load_identity()
     config = ServerConfig(
         root=root.resolve(),
         host=host,
@@ -235,16 +325,79 @@ def recv(
             max_depth=max_depth,
         ),
     )
-    server = Server(config, load_identity())
+    _configure_logging(verbose)
+    server = _listen(config, identity)
+    _make_root(root)
     server.serve()
     if server.once_result is not None:
         raise server.once_result
 
 
+def _root_option(text: str) -> Path:
+    if not text:
+        raise UsageError("--dir is empty", hint="name the directory to receive into")
+    root = Path(text)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--dir {root} is not a directory")
+    return root
+
+
+def _make_root(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --dir {root}: {os_reason(exc)}") from exc
+
+
+def _listen(config: ServerConfig, identity: Identity) -> Server:
+    """Bind the server's socket; an address this machine cannot use is exit 2.
+
+    A port that another process holds is exit 3, like any other resource
+    that may be free again later.
+    """
+    where = _display(config.host, config.port)
+    try:
+        socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        why = f"cannot resolve the host ({os_reason(exc)})"
+        raise UsageError(f"cannot listen on {where}: {why}") from exc
+    try:
+        return Server(config, identity)
+    except ConnectError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, OSError) or not cause.errno:
+            raise
+        # The system's words for the errno alone: the exception's own text
+        # has Python's account of the call appended.
+        why = os_reason(OSError(cause.errno, os.strerror(cause.errno)))
+        if cause.errno == errno.EADDRINUSE:
+            raise ConnectError(
+                f"cannot listen on {where}: {why}",
+                hint="another process listens there; stop it or pick another port",
+            ) from cause
+        raise UsageError(f"cannot listen on {where}: {why}") from cause
+
+
+class _UnknownKeyError(Exception):
+    """The receiver showed a key nobody pinned; a person must decide.
+
+    Not a FilexferError: it only carries the key out of the handshake, and
+    the handshake code lets it pass unchanged.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__("unknown receiver key")
+        self.key = key
+
+
 def _verifier(
-    address: str, accept_new: bool, given: str | None
+    address: str, accept_new: bool, given: str | None, ask: bool
 ) -> Callable[[bytes], None]:
-    """Build the receiver-key check used inside the handshake."""
+    """Build the receiver-key check used inside the handshake.
+
+    It never waits for a person: a key that needs a yes is raised, as
+    _UnknownKeyError, out of the handshake.
+    """
     known_receivers = KnownReceivers()
 
     def verify(presented: bytes) -> None:
@@ -255,26 +408,69 @@ def _verifier(
                 f"receiver key for {address} is {fingerprint(presented)}, "
                 "not the fingerprint given"
             )
-        if known is None:
-            _trust_new(address, presented, accept_new or given is not None)
+        if known is not None:
+            return
+        if accept_new or given is not None:
             known_receivers.pin(address, presented)
+            return
+        if ask:
+            raise _UnknownKeyError(presented)
+        raise TrustError(
+            f"unknown receiver key {fingerprint(presented)} for {address}",
+            hint="check the fingerprint with the receiver's owner "
+            "('filexfer id'), then pass --fingerprint or --accept-new",
+        )
 
     return verify
 
 
-def _trust_new(address: str, presented: bytes, allowed: bool) -> None:
-    if allowed:
-        return
+def _connect(
+    host: str,
+    port: int,
+    identity: Identity,
+    verify: Callable[[bytes], None],
+    timeouts: Timeouts,
+) -> Channel:
+    try:
+        return connect(host, port, identity, verify, timeouts)
+    except ConnectError as exc:
+        # session.connect writes HOST:PORT plainly; an IPv6 host needs its
+        # brackets to be read back (and pasted) as an address.
+        plain = f"cannot connect to {host}:{port}"
+        if ":" not in host or not str(exc).startswith(plain):
+            raise
+        shown = f"cannot connect to {_display(host, port)}"
+        raise ConnectError(str(exc).replace(plain, shown, 1)) from exc.__cause__
+
+
+def _connect_trusting(
+    host: str,
+    port: int,
+    identity: Identity,
+    timeouts: Timeouts,
+    trust: tuple[bool, str | None],
+) -> Channel:
+    """Connect; an unknown key is asked about between two connections."""
+    address = _display(host, port)
+    accept_new, given = trust
+    ask = sys.stdin.isatty() and sys.stderr.isatty()
+    verify = _verifier(address, accept_new, given, ask)
+    try:
+        return _connect(host, port, identity, verify, timeouts)
+    except _UnknownKeyError as unknown:
+        presented = unknown.key
+
+    # That connection is closed: the receiver does not wait on a person.
+    # A yes pins the key; the next connection must then show that key.
     shown = fingerprint(presented)
-    if sys.stdin.isatty() and sys.stderr.isatty():
-        click.echo(f"filexfer: receiver {address} has key {shown}", err=True)
-        if click.confirm("Trust this key from now on?", err=True, default=False):
-            return
-    raise TrustError(
-        f"unknown receiver key {shown} for {address}",
-        hint="check the fingerprint with the receiver's owner ('filexfer id'), "
-        "then pass --fingerprint or --accept-new",
-    )
+    click.echo(f"filexfer: receiver {address} has key {shown}", err=True)
+    if not click.confirm("Trust this key from now on?", err=True, default=False):
+        raise TrustError(
+            f"receiver key {shown} for {address} not trusted",
+            hint="check the fingerprint with the receiver's owner ('filexfer id')",
+        )
+    KnownReceivers().pin(address, presented)
+    return _connect(host, port, identity, verify, timeouts)
 
 
 class _Progress:
@@ -294,10 +490,11 @@ class _Progress:
             dynamic_ncols=True,
             file=sys.stderr,
             mininterval=0.2,
-            leave=True,
         )
-        self.overall = tqdm(total=total, desc="total" if files > 1 else "", **options)
+        desc = "total" if files > 1 else ""
+        self.overall = tqdm(total=total, desc=desc, leave=True, **options)
         if files > 1:
+            # The per-file bar goes away when done; the total stays.
             self.current = tqdm(total=0, position=1, leave=False, **options)
 
     def start(self, name: str, size: int) -> None:
@@ -322,6 +519,7 @@ class _Progress:
 def _json_line(result: FileResult) -> str:
     record: dict[str, object] = {
         "name": result.name,
+        "path": result.path,
         "status": "ok" if result.ok else "failed",
         "bytes": result.size,
         "digest": result.digest,
@@ -335,20 +533,30 @@ def _json_line(result: FileResult) -> str:
 
 
 def _report(
-    results: list[FileResult], as_json: bool, quiet: bool, seconds: float
+    results: list[FileResult],
+    session_error: FilexferError | None,
+    as_json: bool,
+    quiet: bool,
+    seconds: float,
 ) -> None:
     """Print per-file JSON, per-file errors of a multi-file job, a summary.
 
-    A single file's error is left to main(), so it is printed once.
+    An error that ends the job is left to main(), so it is printed once;
+    so is the session's error, which files it ended share.
     """
     for result in results:
         if as_json:
             click.echo(_json_line(result))
-        if result.error is not None and len(results) > 1:
-            click.echo(f"filexfer: error: {result.error}", err=True)
+        error = result.error
+        if error is not None and error is not session_error and len(results) > 1:
+            click.echo(f"filexfer: error: {error}", err=True)
     sent = [r for r in results if r.ok]
-    if quiet or as_json or (len(results) == 1 and not sent):
+    if session_error is not None and sent:
+        _print_error(session_error)  # the job ends with PartialError instead
+    if quiet or as_json:
         return
+    if not sent and (len(results) == 1 or session_error is not None):
+        return  # nothing arrived; the one error main() prints says why
     total = sum(r.size for r in sent)
     rate = total / seconds / 1e6 if seconds > 0 else 0.0
     failed = len(results) - len(sent)
@@ -360,21 +568,31 @@ def _report(
     )
 
 
-def _job_error(results: list[FileResult]) -> FilexferError | None:
-    """The error the whole job ends with, if any file failed."""
+def _job_error(
+    results: list[FileResult], session_error: FilexferError | None
+) -> FilexferError | None:
+    """The error the whole job ends with, if any file failed.
+
+    7 when some files arrived and others did not; when none arrived, the
+    session's error if it failed, else the error of the (first) failed file.
+    An interruption is always 130.
+    """
+    if isinstance(session_error, InterruptError):
+        return session_error
     failed = [r.error for r in results if r.error is not None]
     if not failed:
         return None
+    if len(failed) < len(results):
+        return PartialError(f"{len(failed)} of {len(results)} files failed")
+    if session_error is not None:
+        return session_error
     if len(results) == 1:
         return failed[0]
-    if len(failed) == len(results) and len({e.exit_code for e in failed}) == 1:
-        # Every file failed the same way: exit with that kind's code. The
-        # class itself is not rebuilt, as some (RefusedError) need more
-        # arguments than a message.
-        summary = FilexferError(f"all {len(failed)} files failed")
-        summary.exit_code = failed[0].exit_code
-        return summary
-    return PartialError(f"{len(failed)} of {len(results)} files failed")
+    # The class itself is not rebuilt, as some (RefusedError) need more
+    # arguments than a message.
+    summary = FilexferError(f"all {len(failed)} files failed")
+    summary.exit_code = failed[0].exit_code
+    return summary
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -414,14 +632,14 @@ def _job_error(results: list[FileResult]) -> FilexferError | None:
     "--connect-timeout",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=_Seconds(),
     help="Seconds to wait for a connection.",
 )
 @click.option(
     "--idle-timeout",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=_Seconds(),
     help="Seconds without progress before giving up.",
 )
 def put(
@@ -440,45 +658,77 @@ def put(
     if len(args) < 2:
         raise UsageError("need at least one FILE and a HOST[:PORT]")
     host, port = _split_address(args[-1])
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if given_fp is not None:
+        check_fingerprint_text(given_fp)
+    identity = load_identity()
+    _configure_put_logging()
     sources, failures = collect_sources(list(args[:-1]), recursive)
 
-    identity = load_identity()
     show_bar = (sys.stderr.isatty() and not quiet) if progress is None else progress
-    bars = _Progress(
-        show_bar, sum(os.path.getsize(s.path) for s in sources), len(sources)
+    bars = _Progress(show_bar, sum(_size(s) for s in sources), len(sources))
+    timeouts = Timeouts(
+        connect=connect_timeout,
+        handshake=max(15.0, connect_timeout),
+        idle=idle_timeout,
     )
     started = time.monotonic()
     try:
-        results = failures
-        if sources:
-            timeouts = Timeouts(
-                connect=connect_timeout,
-                handshake=max(15.0, connect_timeout),
-                idle=idle_timeout,
-            )
-            channel = connect(
-                host, port, identity, _verifier(address, accept_new, given_fp), timeouts
-            )
-            results = failures + send_files(
-                channel, sources, overwrite, bars.advance, bars.start
-            )
+        sent, session_error = _send(
+            (host, port),
+            identity,
+            timeouts,
+            (accept_new, given_fp),
+            sources,
+            overwrite,
+            bars,
+        )
     finally:
         bars.close()
-    _report(results, as_json, quiet, time.monotonic() - started)
-    error = _job_error(results)
+    results = failures + sent
+    _report(results, session_error, as_json, quiet, time.monotonic() - started)
+    error = _job_error(results, session_error)
     if error is not None:
         raise error
+
+
+def _size(source: Source) -> int:
+    try:
+        return os.path.getsize(source.path)
+    except OSError:
+        return 0  # opening it will fail too, and say why
+
+
+def _send(
+    where: tuple[str, int],
+    identity: Identity,
+    timeouts: Timeouts,
+    trust: tuple[bool, str | None],
+    sources: list[Source],
+    overwrite: bool,
+    bars: _Progress,
+) -> tuple[list[FileResult], FilexferError | None]:
+    """Connect and send; a failed connection fails every source."""
+    if not sources:
+        return [], None
+    try:
+        channel = _connect_trusting(*where, identity, timeouts, trust)
+    except FilexferError as exc:
+        return unsent(sources, exc), exc
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        interrupted = InterruptError()
+        return unsent(sources, interrupted), interrupted
+    return send_files(channel, sources, overwrite, bars.advance, bars.start)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
     try:
         cli.main(args=argv, prog_name="filexfer", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         # click turns Ctrl-C (SIGINT) into Abort before it reaches us.
-        click.echo("filexfer: error: interrupted; copy not completed", err=True)
-        sys.exit(130)
+        interrupted = InterruptError()
+        _print_error(interrupted)
+        sys.exit(interrupted.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.format_message(), err=True)
         sys.exit(2)
@@ -488,9 +738,6 @@ def main(argv: list[str] | None = None) -> None:
     except FilexferError as exc:
         _print_error(exc)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("filexfer: error: interrupted; copy not completed", err=True)
-        sys.exit(130)
     except Exception as exc:
         if _State.debug:
             raise

@@ -15,8 +15,10 @@ each kind maps to exactly one process exit code::
     │                                bad path, no space, not found, I/O)
     ├── PartialError              7  some files of a job failed, the rest
     │                                arrived
-    └── LocalFileError            8  a local file could not be read or
-                                     written, or changed while being sent
+    ├── LocalFileError            8  a local file could not be read or
+    │                                written, a name cannot be sent, or a
+    │                                file changed while being sent
+    └── InterruptError          130  the user stopped the job (Ctrl-C)
 
 Errors that travel to the peer carry a :class:`Code`, the one-byte reason
 on the wire; :func:`from_code` turns a received code back into the class
@@ -106,6 +108,14 @@ class LocalFileError(FilexferError):
     code = Code.IO_ERROR
 
 
+class InterruptError(FilexferError):
+    # 128 + SIGINT, what a shell reports for a program Ctrl-C stopped.
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted; copy not completed") -> None:
+        super().__init__(message)
+
+
 # Every class a user can meet, in the order of the table above; a test
 # checks that their codes are distinct per kind and documented.
 ALL_ERRORS: tuple[type[FilexferError], ...] = (
@@ -119,6 +129,7 @@ ALL_ERRORS: tuple[type[FilexferError], ...] = (
     RefusedError,
     PartialError,
     LocalFileError,
+    InterruptError,
 )
 
 _FILE_CODES = frozenset(
@@ -134,6 +145,18 @@ _FILE_CODES = frozenset(
 )
 
 
+_NOT_AUTHORIZED_HINT = (
+    "give the receiver's owner your key (the fx1... line 'filexfer id' "
+    "prints) to add with 'filexfer allow'"
+)
+
+
+def os_reason(exc: OSError) -> str:
+    """The system's reason for an OSError, worded like our messages."""
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
+
+
 def from_code(code: int, message: str) -> FilexferError:
     """Build the local error for a reason code received from the peer."""
     try:
@@ -143,11 +166,13 @@ def from_code(code: int, message: str) -> FilexferError:
     if known in _FILE_CODES:
         return RefusedError(message, known)
     if known is Code.NOT_AUTHORIZED:
-        return TrustError(message)
+        return TrustError(message, hint=_NOT_AUTHORIZED_HINT)
     if known is Code.TIMEOUT:
         return PeerTimeoutError(message)
     if known is Code.BUSY:
-        return ConnectError(message, hint="the receiver is at its session limit")
+        return ConnectError(
+            message, hint="the receiver is at its session limit; try again later"
+        )
     if known is Code.SOURCE_CHANGED:
         return LocalFileError(message)
     if known in (Code.INTEGRITY, Code.PROTOCOL):

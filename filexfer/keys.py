@@ -6,14 +6,23 @@ Each installation has one X25519 identity, created on first use in the
 config directory (``$FILEXFER_HOME``, else ``$XDG_CONFIG_HOME/filexfer``,
 else ``~/.config/filexfer``).  Files there:
 
-``identity``             the private key; created with mode 0600 by an
-                         exclusive create, so it is never world-readable,
-                         not even for an instant.
+``identity``             the private key, mode 0600.  It is written to a
+                         temporary file of that mode, synced, then linked
+                         to its name, which never replaces a file: of
+                         processes racing to create it one wins, and no
+                         reader ever sees it empty or half written.  An
+                         identity that group or others can open is
+                         refused, as ssh refuses such a key.
 ``authorized_senders``   receiver side: one public key line per sender
                          allowed to connect; ``#`` comments, blank lines
                          and a trailing comment after the key are allowed.
 ``known_receivers``      sender side: ``HOST:PORT KEY`` pins, trust on
                          first use as in ssh.
+
+Lines are separated by ``\n`` only, and an entry is appended on a line of
+its own even when the file lacks a final newline; a comment given to
+``allow`` must be one line of printable text, so it cannot start a second
+entry.  A malformed entry is reported with the file and line number.
 
 A public key line is ``fx1`` followed by the 32 key bytes in unpadded
 URL-safe base64.  A fingerprint is ``SHA256:`` followed by the unpadded
@@ -25,8 +34,13 @@ Nothing here logs or prints a private key.
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import hashlib
 import os
+import secrets
+import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +52,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from .errors import TrustError, UsageError
+from .errors import TrustError, UsageError, os_reason
+from .printable import is_plain, printable
 
 KEY_PREFIX = "fx1"
 PRIVATE_PREFIX = "fx1-private-"
@@ -108,20 +123,88 @@ class Identity:
 
 
 def _ensure_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"config directory {path} is not a directory")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create config directory {path}: {os_reason(exc)}",
+            hint="set FILEXFER_HOME to a directory you can write",
+        ) from exc
 
 
-def _write_private(path: Path, key: X25519PrivateKey) -> None:
+def _create_identity(path: Path) -> None:
+    """Put a new private key at path, unless a racing process did first."""
+    key = X25519PrivateKey.generate()
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    temp = path.with_name(f".{path.name}-{secrets.token_hex(8)}.tmp")
+    try:
+        _write_new(temp, (PRIVATE_PREFIX + _b64(raw) + "\n").encode("ascii"))
+        _link_or_keep(temp, path)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create identity file {path}: {os_reason(exc)}",
+            hint="set FILEXFER_HOME to a directory you can write",
+        ) from exc
+    finally:
+        temp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(PRIVATE_PREFIX + _b64(raw) + "\n")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
         out.flush()
         os.fsync(out.fileno())
 
 
+def _link_or_keep(temp: Path, path: Path) -> None:
+    """Give temp's complete file the final name, never replacing one."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass  # another process won the race; its file is complete
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        # A file system without hard links: rename is atomic too, so no
+        # reader sees a partial file, but it replaces; two first uses that
+        # race on such a file system may each see a different key once.
+        if not path.exists():
+            os.replace(temp, path)
+
+
+def _sync_directory(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the file is synced
+    finally:
+        os.close(fd)
+
+
 def _read_private(path: Path) -> X25519PrivateKey:
-    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UsageError(f"no identity at {path}; run 'filexfer id' first") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read identity file {path}: {os_reason(exc)}") from exc
+    with os.fdopen(fd, "rb") as stream:
+        _check_private_mode(path, os.fstat(stream.fileno()))
+        try:
+            data = stream.read(4096)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read identity file {path}: {os_reason(exc)}"
+            ) from exc
+    text = data.decode("ascii", errors="replace").strip()
     try:
         if not text.startswith(PRIVATE_PREFIX):
             raise ValueError
@@ -131,67 +214,125 @@ def _read_private(path: Path) -> X25519PrivateKey:
         raise UsageError(f"identity file {path} is damaged") from None
 
 
+def _check_private_mode(path: Path, info: os.stat_result) -> None:
+    """Refuse a private key that others may read or replace, as ssh does."""
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"identity file {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        how = "readable" if mode & 0o044 else "writable"
+        raise UsageError(
+            f"identity file {path} is {how} by others (mode {mode:04o})",
+            hint=f"chmod 600 {shlex.quote(str(path))}",
+        )
+
+
 def load_identity(home: Path | None = None, create: bool = True) -> Identity:
     """Load this installation's identity, creating it on first use.
 
     Raises:
-        UsageError: the identity file is missing (create=False) or damaged.
+        UsageError: the identity file is missing (create=False), damaged,
+            open to others, or cannot be created or read.
     """
     home = home or config_dir()
     path = home / IDENTITY_FILE
-    if not path.exists():
-        if not create:
-            raise UsageError(f"no identity at {path}; run 'filexfer id' first")
+    if create and not os.path.lexists(path):
         _ensure_dir(home)
-        try:
-            _write_private(path, X25519PrivateKey.generate())
-        except FileExistsError:
-            pass  # another process created it first; use theirs
+        _create_identity(path)
     return Identity(_read_private(path))
 
 
-def _key_lines(path: Path) -> list[tuple[str, str]]:
-    """Return (first word, rest) for every non-comment line of a file."""
-    if not path.exists():
+@dataclass(frozen=True)
+class _Entry:
+    """One non-comment line of a key file."""
+
+    number: int  # 1-based line number in the file
+    word: str  # the first word: a key, or HOST:PORT
+    rest: str  # what follows it, stripped
+
+
+def _entries(path: Path) -> list[_Entry]:
+    """Every non-blank, non-comment line of a key file (none if missing)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
         return []
-    result = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {os_reason(exc)}") from exc
+    entries = []
+    # Split on \n alone: str.splitlines() would also break at characters
+    # such as \x1c or \u2028, which an editor shows inside one line.
+    for number, line in enumerate(text.split("\n"), 1):
         words = line.split(None, 1)
         if words and not words[0].startswith("#"):
-            result.append((words[0], words[1].strip() if len(words) > 1 else ""))
-    return result
+            rest = words[1].strip() if len(words) > 1 else ""
+            entries.append(_Entry(number, words[0], rest))
+    return entries
+
+
+def _decode_entry(path: Path, entry: _Entry, text: str) -> bytes:
+    try:
+        return decode_public(text)
+    except UsageError as exc:
+        raise UsageError(
+            f"{path}: line {entry.number}: {exc}",
+            hint="correct or remove that line",
+        ) from None
 
 
 def _append_line(path: Path, line: str) -> None:
+    """Append one line, starting a new line if the file lacks a final one."""
     _ensure_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as out:
-        out.write(line + "\n")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {os_reason(exc)}") from exc
+    try:
+        # The lock keeps two appending processes from interleaving their
+        # check of the last byte with each other's writes.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line
+        data = (line + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {os_reason(exc)}") from exc
+    finally:
+        os.close(fd)
 
 
 def authorized_senders(home: Path | None = None) -> frozenset[bytes]:
     """Return the raw keys listed in the authorized-senders file.
 
     Raises:
-        UsageError: a line holds something that is not a key.
+        UsageError: the file cannot be read, or a line holds something
+            that is not a key (the message names the file and line).
     """
     path = (home or config_dir()) / AUTHORIZED_FILE
-    keys = set()
-    for number, (word, _rest) in enumerate(_key_lines(path), 1):
-        try:
-            keys.add(decode_public(word))
-        except UsageError as exc:
-            raise UsageError(f"{path}: entry {number}: {exc}") from None
-    return frozenset(keys)
+    return frozenset(_decode_entry(path, e, e.word) for e in _entries(path))
 
 
 def allow_sender(key_text: str, comment: str = "", home: Path | None = None) -> bool:
-    """Add a sender key to the authorized list; False if already there."""
+    """Add a sender key to the authorized list; False if already there.
+
+    Raises:
+        UsageError: the key is malformed, the comment is not one line of
+            printable text, or the file cannot be read or written.
+    """
+    if not is_plain(key_text.strip()):
+        raise UsageError("the key must be one line without control characters")
     raw = decode_public(key_text)
+    if not is_plain(comment):
+        raise UsageError(
+            f"the comment must be one line of printable text: {printable(comment)!r}"
+        )
     home = home or config_dir()
     if raw in authorized_senders(home):
         return False
-    line = encode_public(raw) + (f" {comment}" if comment else "")
+    line = encode_public(raw) + (f" {comment.strip()}" if comment.strip() else "")
     _append_line(home / AUTHORIZED_FILE, line)
     return True
 
@@ -203,13 +344,43 @@ class KnownReceivers:
         self.path = (home or config_dir()) / KNOWN_FILE
 
     def lookup(self, address: str) -> bytes | None:
-        for word, rest in _key_lines(self.path):
-            if word == address and rest:
-                return decode_public(rest)
+        """The key pinned for address, if any.
+
+        Raises:
+            UsageError: the file cannot be read, or address's entry is
+                malformed (the message names the file and line).
+        """
+        for entry in _entries(self.path):
+            if entry.word == address:
+                return _decode_entry(self.path, entry, entry.rest)
         return None
 
     def pin(self, address: str, raw: bytes) -> None:
+        """Append address's pin (nothing checks for an older one here)."""
         _append_line(self.path, f"{address} {encode_public(raw)}")
+
+
+_B64_STANDARD = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+)
+
+
+def check_fingerprint_text(given: str) -> None:
+    """Raise UsageError unless given has a form matches_fingerprint reads.
+
+    The forms are a fingerprint (``SHA256:`` and 43 base64 characters, the
+    prefix and ``=`` padding optional) and a public key line (``fx1...``).
+    """
+    text = given.strip()
+    if text.startswith(KEY_PREFIX):
+        decode_public(text)
+        return
+    digest = text.removeprefix("SHA256:").rstrip("=")
+    if len(digest) != 43 or not set(digest) <= _B64_STANDARD:
+        raise UsageError(
+            f"not a fingerprint: {printable(given)!r}",
+            hint="give it as 'filexfer id' prints it: SHA256:... (43 characters)",
+        )
 
 
 def matches_fingerprint(raw: bytes, given: str) -> bool:

@@ -56,3 +56,11 @@ def printable(text: str) -> str:
         else:
             parts.append(ch)
     return "".join(parts)
+
+
+def is_plain(text: str) -> bool:
+    """True when text holds no character that printable() would escape.
+
+    Backslashes count as plain here: they change nothing on a terminal.
+    """
+    return not any(_is_unsafe(ch) for ch in text)

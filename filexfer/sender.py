@@ -18,6 +18,13 @@ read or extra bytes end that file with ``Abort`` instead of ``End``: the
 receiver discards it, and the result says the file changed while being
 sent.  Reading goes through the open descriptor, so a file renamed or
 replaced during the send is sent as it was when opened.
+
+Every file of a job ends with exactly one :class:`FileResult`, whatever
+happens: a local failure (missing file, unreadable directory, a name the
+receiver would refuse), the receiver's answer, or, when the session as a
+whole fails or the user interrupts it, that session's error for every
+file not confirmed by then.  Text that came from the receiver is passed
+through :func:`printable` before it becomes part of a message.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blake3 import blake3
@@ -41,10 +48,13 @@ from .errors import (
     ConnectError,
     FilexferError,
     IntegrityError,
+    InterruptError,
     LocalFileError,
     ProtocolError,
     RefusedError,
+    UsageError,
     from_code,
+    os_reason,
 )
 from .printable import printable
 from .session import Channel
@@ -65,9 +75,14 @@ class Source:
 
 @dataclass
 class FileResult:
-    """The outcome of one file of a job."""
+    """The outcome of one file of a job.
+
+    ``name`` is the name on the receiver (or the one the file would have
+    had), ``path`` the local path it was read from.
+    """
 
     name: str
+    path: str = ""
     size: int = 0
     digest: str | None = None
     seconds: float = 0.0
@@ -78,47 +93,81 @@ class FileResult:
         return self.error is None and self.digest is not None
 
 
-def _sources_under(top: str, base: str) -> Iterator[Source]:
-    """Regular files below a directory, sorted; links are skipped."""
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+def _sources_under(
+    top: str, base: str, sources: list[Source], failures: list[FileResult]
+) -> None:
+    """Add the regular files below a directory, sorted; links are skipped.
+
+    A directory that cannot be listed becomes a failure of its own, so
+    that a tree is never reported complete when part of it was not read.
+    """
+
+    def name_of(path: str) -> str:
+        rel = os.path.relpath(path, top)
+        return base if rel == "." else f"{base}/{rel.replace(os.sep, '/')}"
+
+    def unreadable(exc: OSError) -> None:
+        path = exc.filename if isinstance(exc.filename, str) else top
+        why = f"cannot read directory ({os_reason(exc)})"
+        failures.append(_local_failure(name_of(path), path, why))
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
         dirnames.sort()
-        rel = os.path.relpath(dirpath, top)
-        prefix = base if rel == "." else f"{base}/{rel.replace(os.sep, '/')}"
+        prefix = name_of(dirpath)
         for name in sorted(filenames + [d for d in dirnames if _is_link(dirpath, d)]):
             path = os.path.join(dirpath, name)
             if os.path.islink(path) or not os.path.isfile(path):
                 log.warning("skipping %s: not a regular file", printable(path))
                 continue
-            yield Source(path, f"{prefix}/{name}")
+            sources.append(Source(path, f"{prefix}/{name}"))
 
 
 def _is_link(dirpath: str, name: str) -> bool:
     return os.path.islink(os.path.join(dirpath, name))
 
 
-def _source_name(arg: str) -> str:
-    return os.path.basename(os.path.normpath(os.path.abspath(arg)))
+def receiver_name(arg: str) -> str:
+    """The name a command-line path gets on the receiver: its last part.
+
+    Raises:
+        UsageError: the path does not end in a name (``/``, ``.``, ``..``,
+            or a path ending in ``/.`` or ``/..``).
+    """
+    last = arg.rstrip("/").rsplit("/", 1)[-1]
+    if last in ("", ".", ".."):
+        raise UsageError(
+            f"cannot send '{printable(arg)}': it does not end in a name "
+            "to give it on the receiver",
+            hint="name it by a path that ends in its own name, "
+            "e.g. ../photos instead of .",
+        )
+    return last
 
 
 def collect_sources(
     args: list[str], recursive: bool
 ) -> tuple[list[Source], list[FileResult]]:
-    """Expand command-line paths into sources and local failures."""
+    """Expand command-line paths into sources and local failures.
+
+    Raises:
+        UsageError: an argument does not end in a name (checked for every
+            argument before anything is read).
+    """
+    names = [receiver_name(arg) for arg in args]
     sources: list[Source] = []
     failures: list[FileResult] = []
-    for arg in args:
-        name = _source_name(arg)
+    for arg, name in zip(args, names, strict=True):
         try:
             info = os.stat(arg)
         except OSError as exc:
-            failures.append(_local_failure(arg, exc.strerror or str(exc)))
+            failures.append(_local_failure(name, arg, exc.strerror or str(exc)))
             continue
         if stat.S_ISDIR(info.st_mode) and recursive:
-            sources.extend(_sources_under(arg, name))
+            _sources_under(arg, name, sources, failures)
         elif stat.S_ISDIR(info.st_mode):
-            failures.append(_local_failure(arg, "is a directory (use -r)"))
+            failures.append(_local_failure(name, arg, "is a directory (use -r)"))
         elif not stat.S_ISREG(info.st_mode):
-            failures.append(_local_failure(arg, "not a regular file"))
+            failures.append(_local_failure(name, arg, "not a regular file"))
         else:
             sources.append(Source(arg, name))
     return _drop_bad_names(sources, failures)
@@ -127,23 +176,32 @@ def collect_sources(
 def _drop_bad_names(
     sources: list[Source], failures: list[FileResult]
 ) -> tuple[list[Source], list[FileResult]]:
+    """Fail, here and before connecting, names the receiver would refuse."""
     kept, seen = [], set()
     for source in sources:
         try:
             check_name(source.name)
         except RefusedError as exc:
-            failures.append(_local_failure(source.path, f"cannot be sent ({exc})"))
+            why = f"cannot be sent ({exc})"
+            failures.append(_local_failure(source.name, source.path, why))
             continue
         if source.name in seen:
-            failures.append(_local_failure(source.path, "same name twice in one job"))
+            why = "same name twice in one job"
+            failures.append(_local_failure(source.name, source.path, why))
             continue
         seen.add(source.name)
         kept.append(source)
     return kept, failures
 
 
-def _local_failure(path: str, why: str) -> FileResult:
-    return FileResult(path, error=LocalFileError(f"{printable(path)}: {why}"))
+def _local_failure(name: str, path: str, why: str) -> FileResult:
+    error = LocalFileError(f"{printable(path)}: {why}")
+    return FileResult(name, path, error=error)
+
+
+def unsent(sources: list[Source], error: FilexferError) -> list[FileResult]:
+    """Results for sources a failed session never got to: each has error."""
+    return [FileResult(s.name, s.path, error=error) for s in sources]
 
 
 @dataclass
@@ -262,6 +320,7 @@ class _Job:
         self._next_source = 0
 
     def run(self) -> list[FileResult]:
+        """Send everything; the session's failure is left in replies.error."""
         reader = threading.Thread(
             target=_read_replies, args=(self.channel, self.replies), daemon=True
         )
@@ -272,9 +331,12 @@ class _Job:
             reader.join()
         except FilexferError as exc:
             # A failed write usually means the receiver hung up; its reason
-            # (an Error message) may still be in flight to the reader.
+            # (an Error message) may still be in flight to the reader, and
+            # stop() keeps the first error recorded.
             reader.join(timeout=2)
-            raise self.replies.error or exc from exc
+            self.replies.stop(exc)
+        except KeyboardInterrupt:
+            self.replies.stop(InterruptError())
         finally:
             self.channel.close()
             reader.join(timeout=5)
@@ -296,22 +358,24 @@ class _Job:
             self._next_source < len(self.sources)
             and len(self.offered) - position < OFFER_WINDOW
         ):
-            source = self.sources[self._next_source]
+            opened = self._open(self.sources[self._next_source])
+            # From here the source has its result: a local failure, or an
+            # offered file that is settled even if sending the offer fails.
             self._next_source += 1
-            opened = self._open(source)
-            if opened is not None:
-                self._offer(opened)
+            if isinstance(opened, FileResult):
+                self.failed_locally.append(opened)
+                continue
+            self.offered.append(opened)
+            self._offer(opened)
 
-    def _open(self, source: Source) -> _Opened | None:
+    def _open(self, source: Source) -> _Opened | FileResult:
         try:
             handle = io.FileIO(source.path, "rb")
             info = os.fstat(handle.fileno())
         except OSError as exc:
-            self.failed_locally.append(
-                _local_failure(source.path, exc.strerror or str(exc))
-            )
-            return None
-        result = FileResult(source.name, size=info.st_size)
+            why = exc.strerror or str(exc)
+            return _local_failure(source.name, source.path, why)
+        result = FileResult(source.name, source.path, size=info.st_size)
         return _Opened(len(self.offered), source, handle, info, result)
 
     def _offer(self, opened: _Opened) -> None:
@@ -326,7 +390,6 @@ class _Job:
                 opened.source.name,
             )
         )
-        self.offered.append(opened)
 
     def _send_one(self, opened: _Opened) -> None:
         decision = self.replies.wait_decision(opened.file_id)
@@ -367,6 +430,11 @@ class _Job:
         results = list(self.failed_locally)
         for opened in self.offered:
             results.append(self._settle(opened))
+        never_opened = self.sources[self._next_source :]
+        if never_opened:
+            error = self.replies.error
+            assert error is not None, "internal error: sources left unsent"
+            results.extend(unsent(never_opened, error))
         return results
 
     def _settle(self, opened: _Opened) -> FileResult:
@@ -375,9 +443,9 @@ class _Job:
             return result
         outcome = self.replies.outcomes.get(opened.file_id)
         if isinstance(outcome, msgs.Reject):
+            name, reason = printable(opened.source.name), printable(outcome.reason)
             result.error = from_code(
-                outcome.code,
-                f"receiver refused {printable(opened.source.name)!r}: {outcome.reason}",
+                outcome.code, f"receiver refused {name!r}: {reason}"
             )
         elif isinstance(outcome, msgs.Done):
             self._confirm(opened, outcome)
@@ -438,14 +506,14 @@ def send_files(
     overwrite: bool = False,
     on_progress: ProgressFn | None = None,
     on_start: StartFn | None = None,
-) -> list[FileResult]:
+) -> tuple[list[FileResult], FilexferError | None]:
     """Send every source over an established channel and close it.
 
-    Returns one result per source, in job order (local failures first).
-
-    Raises:
-        FilexferError: the session as a whole failed (connection lost,
-            integrity failure, not authorized); no result is then final.
+    Returns one result per source, in job order (local failures first),
+    and the error the session as a whole failed with (connection lost,
+    integrity failure, not authorized, busy, interrupted), if it did.
+    Files the receiver confirmed before such a failure count as sent;
+    every other file's result carries that error.
     """
     job = _Job(
         channel,
@@ -455,6 +523,4 @@ def send_files(
         on_start or (lambda _n, _s: None),
     )
     results = job.run()
-    if job.replies.error is not None:
-        raise job.replies.error
-    return results
+    return results, job.replies.error

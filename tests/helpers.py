@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -529,3 +530,117 @@ def quick_pair_maker(
         )
 
     return make
+
+
+# ---------------------------------------------------------------------------
+# A person at a terminal, permissions as root, a receiver that changes
+# ---------------------------------------------------------------------------
+
+
+def cli_answering(
+    args: Sequence[str | os.PathLike[str]],
+    home: Path,
+    prompt: str,
+    answer: str,
+    at_prompt: Callable[[], None] = lambda: None,
+    timeout: float = 120,
+) -> TerminalRun:
+    """Run `filexfer ARGS` with stdin and stderr on a pseudo-terminal.
+
+    When PROMPT has appeared, AT_PROMPT runs (to look at the world while
+    the command waits for its person), then ANSWER and a newline are typed.
+    """
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        process = subprocess.Popen(
+            filexfer_command(*args),
+            env=base_env(home),
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+        )
+    finally:
+        os.close(slave)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_drain_terminal, args=(master, chunks))
+    reader.start()
+    try:
+        shown = prompt.encode()
+        wait_until(
+            lambda: shown in b"".join(chunks) or process.poll() is not None,
+            repr(prompt),
+            timeout,
+        )
+        assert shown in b"".join(chunks), b"".join(chunks).decode(errors="replace")
+        at_prompt()
+        os.write(master, answer.encode() + b"\n")
+        stdout, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(timeout)
+        os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return TerminalRun(process.returncode, stdout.decode(), text)
+
+
+def as_unprivileged(command: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """COMMAND run so that file permissions apply to it, even as root.
+
+    Root reads and writes through any mode bits by its DAC override
+    capabilities; setpriv drops them for the command it starts.
+    """
+    if os.geteuid() != 0:
+        return [str(part) for part in command]
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "tests run as root need setpriv (util-linux)"
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *map(str, command)]
+
+
+def cli_unprivileged(
+    args: Sequence[str | os.PathLike[str]], home: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Like cli(), with file permissions applying (see as_unprivileged)."""
+    return subprocess.run(
+        as_unprivileged(filexfer_command(*args)),
+        env=base_env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class SwitchingProxy:
+    """A loopback relay that sends each new connection to the next port.
+
+    Connection number i goes to TARGET_PORTS[i]: a receiver that seems to
+    change between one connection and the next.
+    """
+
+    def __init__(self, target_ports: Sequence[int]) -> None:
+        self.target_ports = list(target_ports)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            for target in self.target_ports:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", target))
+                for source, sink in ((client, server), (server, client)):
+                    threading.Thread(
+                        target=_relay, args=(source, sink, None, None), daemon=True
+                    ).start()
+
+    def close(self) -> None:
+        self.listener.close()

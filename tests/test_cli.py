@@ -16,11 +16,22 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from filexfer.keys import KNOWN_FILE, encode_public, load_identity
+from filexfer import messages as msgs
+from filexfer.keys import (
+    AUTHORIZED_FILE,
+    KNOWN_FILE,
+    encode_public,
+    load_identity,
+)
+from filexfer.session import connect
+from tests.conftest import recv_flags
 from tests.helpers import (
     Pair,
     Receiver,
+    SwitchingProxy,
+    authorize_sender,
     cli,
+    cli_answering,
     cli_on_terminal,
     closed_port,
     identity_fingerprint,
@@ -167,11 +178,97 @@ def test_put_unauthorized_sender_exits_4(
 
     done = pair.put(source)
 
-    assert_one_error(done, 4, "not authorized")
+    assert_one_error(done, 4, "not authorized", "filexfer id", "filexfer allow")
+    assert done.stderr.splitlines()[1].startswith("filexfer: hint: give the ")
     pair.receiver.wait_for_log(r"event=session\.unauthorized")
     assert "event=session.start" not in pair.receiver.log()
     assert nothing_arrived(pair.receiver)
     assert pair.receiver.alive()
+
+
+PROMPT = "Trust this key from now on?"
+
+
+def interactive_put(
+    pair: Pair, answer: str, at_prompt: Callable[[], None], *args: str | Path
+) -> tuple[int, str, str]:
+    """`put` run by a person at a terminal who types ANSWER at the prompt."""
+    run = cli_answering(
+        ["put", *args, pair.receiver.address],
+        pair.sender_home,
+        PROMPT,
+        answer,
+        at_prompt,
+    )
+    return run.returncode, run.stdout, run.terminal
+
+
+def test_put_interactive_yes_pins_only_after_the_answer_then_sends(
+    pair: Pair, source: Path
+) -> None:
+    """The prompt is not inside a handshake: that connection is over."""
+    seen_at_prompt: list[object] = []
+
+    def at_prompt() -> None:
+        pair.receiver.wait_for_log(r"event=session\.handshake_failed")
+        seen_at_prompt.append((pair.sender_home / KNOWN_FILE).exists())
+        seen_at_prompt.append(pair.receiver.log().count("event=session.start"))
+
+    code, stdout, terminal = interactive_put(pair, "y", at_prompt, source)
+
+    assert code == 0, terminal
+    assert stdout == ""
+    assert seen_at_prompt == [False, 0]
+    assert f"has key {pair.receiver_fingerprint}" in terminal
+    receiver_key = load_identity(pair.receiver.home).public_line
+    assert (pair.sender_home / KNOWN_FILE).read_text() == (
+        f"{pair.receiver.address} {receiver_key}\n"
+    )
+    assert sha256(pair.receiver.root / "report.bin") == sha256(source)
+    assert pair.receiver.log().count("event=session.start") == 1
+
+
+def test_put_interactive_no_exits_4_and_pins_nothing(pair: Pair, source: Path) -> None:
+    code, stdout, terminal = interactive_put(pair, "n", lambda: None, source)
+
+    assert code == 4
+    assert stdout == ""
+    last = terminal.rstrip("\r\n").splitlines()[-2:]
+    assert last[0].startswith("filexfer: error: receiver key SHA256:")
+    assert last[0].endswith("not trusted")
+    assert last[1].startswith("filexfer: hint: ")
+    assert not (pair.sender_home / KNOWN_FILE).exists()
+    assert nothing_arrived(pair.receiver)
+    assert "event=session.start" not in pair.receiver.log()
+
+
+def test_put_interactive_yes_then_a_different_key_exits_4(
+    pair: Pair, source: Path, tmp_path: Path
+) -> None:
+    """The second connection must show the key the person said yes to."""
+    impostor_home = tmp_path / "impostor-home"
+    impostor_home.mkdir()
+    authorize_sender(pair.sender_home, impostor_home)
+    impostor = Receiver(
+        impostor_home, tmp_path / "impostor-out", tmp_path / "impostor.log"
+    ).start()
+    proxy = SwitchingProxy([pair.receiver.port, impostor.port])
+    try:
+        run = cli_answering(
+            ["put", source, proxy.address], pair.sender_home, PROMPT, "y"
+        )
+    finally:
+        proxy.close()
+        impostor.stop()
+
+    assert run.returncode == 4, run.terminal
+    assert "has changed" in run.terminal
+    receiver_key = load_identity(pair.receiver.home).public_line
+    assert (pair.sender_home / KNOWN_FILE).read_text() == (
+        f"{proxy.address} {receiver_key}\n"
+    )
+    assert nothing_arrived(pair.receiver)
+    assert not (tmp_path / "impostor-out" / "report.bin").exists()
 
 
 # -- other exit codes ----------------------------------------------------------
@@ -189,14 +286,48 @@ USAGE_ERRORS = {
     "one argument": ["put", "HOST"],
     "bad port": ["put", "SOURCE", "127.0.0.1:notaport"],
     "port out of range": ["put", "SOURCE", "127.0.0.1:65536"],
+    "port of many digits": ["put", "SOURCE", "127.0.0.1:" + "1" * 5000],
+    "superscript port": ["put", "SOURCE", "127.0.0.1:\u00b2"],
+    "arabic-indic port": ["put", "SOURCE", "127.0.0.1:\u0667\u0667\u0665\u0667"],
+    "arabic-indic port alone": ["put", "SOURCE", ":\u0667\u0667\u0665\u0667"],
+    "empty port": ["put", "SOURCE", "127.0.0.1:"],
+    "port 0": ["put", "SOURCE", "127.0.0.1:0"],
+    "ipv6 port 0": ["put", "SOURCE", "[::1]:0"],
+    "unclosed bracket": ["put", "SOURCE", "[::1"],
+    "no colon after bracket": ["put", "SOURCE", "[::1]7757"],
+    "host with a space": ["put", "SOURCE", "two words:7757"],
+    "host with an empty label": ["put", "SOURCE", "a..b:7757"],
+    "host label too long": ["put", "SOURCE", "a" * 64 + ".example:7757"],
     "no host": ["put", "SOURCE", ":7757"],
     "unknown option": ["put", "--no-such-option", "SOURCE", "127.0.0.1:1"],
     "bad timeout": ["put", "--connect-timeout", "0", "SOURCE", "127.0.0.1:1"],
+    "nan timeout": ["put", "--connect-timeout", "nan", "SOURCE", "127.0.0.1:1"],
+    "inf timeout": ["put", "--idle-timeout", "inf", "SOURCE", "127.0.0.1:1"],
+    "negative timeout": ["put", "--idle-timeout", "-5", "SOURCE", "127.0.0.1:1"],
+    "timeout over a day": ["put", "--idle-timeout", "86401", "SOURCE", "127.0.0.1:1"],
+    "not a fingerprint": ["put", "--fingerprint", "nope", "SOURCE", "127.0.0.1:1"],
     "unknown command": ["frobnicate"],
     "recv without --dir": ["recv"],
+    "recv empty --dir": ["recv", "--dir", ""],
     "recv bad listen address": ["recv", "--dir", "OUT", "--listen", "127.0.0.1:x"],
+    "recv listen superscript port": ["recv", "--dir", "OUT", "--listen", ":\u00b2"],
+    "recv listen unclosed bracket": ["recv", "--dir", "OUT", "--listen", "[::1"],
+    "recv listen unresolvable": ["recv", "--dir", "OUT", "--listen", "a..b"],
+    "recv listen address not here": [
+        "recv",
+        "--dir",
+        "OUT",
+        "--listen",
+        "192.0.2.1:7757",  # TEST-NET-1: on no machine, so bind fails locally
+    ],
+    "recv nan timeout": ["recv", "--dir", "OUT", "--idle-timeout", "nan"],
+    "recv inf timeout": ["recv", "--dir", "OUT", "--handshake-timeout", "inf"],
+    "recv negative timeout": ["recv", "--dir", "OUT", "--handshake-timeout", "-1"],
+    "recv huge timeout": ["recv", "--dir", "OUT", "--idle-timeout", "1e300"],
     "recv record limit too small": ["recv", "--dir", "OUT", "--max-record", "10"],
     "allow without key": ["allow"],
+    "allow comment with a newline": ["allow", "KEY", "laptop\nfx1"],
+    "allow comment with an escape": ["allow", "KEY", "\x1b[2Jlaptop"],
 }
 
 
@@ -204,13 +335,80 @@ USAGE_ERRORS = {
 def test_usage_errors_exit_2(
     args: list[str], sender_home: Path, source: Path, tmp_path: Path
 ) -> None:
-    filled = [
-        {"SOURCE": str(source), "OUT": str(tmp_path / "out")}.get(a, a) for a in args
-    ]
+    fill = {
+        "SOURCE": str(source),
+        "OUT": str(tmp_path / "out"),
+        "KEY": new_identity().public_line,
+    }
+    filled = [fill.get(a, a) for a in args]
 
     done = cli(filled, sender_home, timeout=30)
 
     assert_one_error(done, 2)
+    assert not (tmp_path / "out").exists()
+    assert not (sender_home / KNOWN_FILE).exists()
+    assert not (sender_home / AUTHORIZED_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "arg", ["/", ".", "..", "src/..", "src/.", "src/./", "//"], ids=repr
+)
+def test_put_argument_without_a_name_is_a_usage_error(
+    sender_home: Path, source: Path, arg: str
+) -> None:
+    """`put -r /` must not walk the disk: exit 2 before reading or connecting."""
+    port = closed_port()  # were it to connect, it would exit 3
+
+    done = cli(
+        ["put", "-r", "--json", source, arg, f"127.0.0.1:{port}"],
+        sender_home,
+        cwd=source.parent.parent,
+        timeout=30,
+    )
+
+    message = assert_one_error(done, 2, "does not end in a name")
+    assert f"'{arg}'" in message
+    assert "filexfer: hint: " in done.stderr
+
+
+def test_put_ipv6_address_is_shown_in_brackets(sender_home: Path, source: Path) -> None:
+    done = cli(["put", "--accept-new", source, "[::1]:1"], sender_home, timeout=30)
+
+    assert_one_error(done, 3, "cannot connect to [::1]:1: ")
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_recv_dir_that_cannot_be_a_directory_exits_2(
+    receiver_home: Path, tmp_path: Path, where: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file\n")
+    root = blocker if where == "a file" else blocker / "incoming"
+
+    done = cli(
+        ["recv", "--dir", root, "--listen", "127.0.0.1:0"], receiver_home, timeout=30
+    )
+
+    assert_one_error(done, 2, str(root), "not a directory")
+    assert blocker.read_text() == "a file\n"
+
+
+def test_recv_refuses_to_start_with_a_malformed_authorized_senders(
+    receiver_home: Path, tmp_path: Path
+) -> None:
+    """Found at start, with file and line, not at every handshake later."""
+    good = new_identity().public_line
+    (receiver_home / AUTHORIZED_FILE).write_text(
+        f"# senders\n{good} laptop\n\nssh-ed25519 AAAAC3Nza bob\n"
+    )
+
+    done = cli(
+        ["recv", "--dir", tmp_path / "out", "--listen", "127.0.0.1:0"],
+        receiver_home,
+        timeout=30,
+    )
+
+    assert_one_error(done, 2, f"{receiver_home / AUTHORIZED_FILE}: line 4: ")
     assert not (tmp_path / "out").exists()
 
 
@@ -232,12 +430,8 @@ def test_recv_on_a_busy_port_exits_3(receiver_home: Path, tmp_path: Path) -> Non
             timeout=30,
         )
 
-    assert done.returncode == 3
-    assert done.stdout == ""
-    assert "Traceback" not in done.stderr
-    assert done.stderr.splitlines()[-1].startswith(
-        f"filexfer: error: cannot listen on 127.0.0.1:{port}"
-    )
+    message = assert_one_error(done, 3, "another process listens there")
+    assert message == f"cannot listen on 127.0.0.1:{port}: address already in use"
 
 
 def test_debug_shows_the_traceback(sender_home: Path, tmp_path: Path) -> None:
@@ -280,6 +474,7 @@ def test_put_json_prints_one_object_per_file(pair: Pair, tmp_path: Path) -> None
     for record, path in zip(records, sources, strict=True):
         assert set(record) == {
             "name",
+            "path",
             "status",
             "bytes",
             "digest",
@@ -287,6 +482,7 @@ def test_put_json_prints_one_object_per_file(pair: Pair, tmp_path: Path) -> None
             "seconds",
         }
         assert record["name"] == path.name
+        assert record["path"] == str(path)
         assert record["status"] == "ok"
         assert record["bytes"] == path.stat().st_size
         assert record["digest"] == blake3(path.read_bytes()).hexdigest()
@@ -310,6 +506,92 @@ def test_put_json_reports_failures_with_their_code(pair: Pair, tmp_path: Path) -
     assert taken["exit_code"] == 6
     assert "already exists" in taken["error"]
     assert taken["digest"] is None
+
+
+def json_records(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    lines = done.stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) for r in records)
+    return records
+
+
+def three_sources(tmp_path: Path) -> list[Path]:
+    """a.txt, a missing file, b.txt (the order given on the command line)."""
+    src = tmp_path / "src"
+    return [
+        random_file(src / "a.txt", 100, seed=45),
+        src / "missing.txt",
+        random_file(src / "b.txt", 200, seed=46),
+    ]
+
+
+def assert_every_file_failed(
+    done: subprocess.CompletedProcess[str], sources: list[Path], code: int, why: str
+) -> None:
+    """One failed object per file: the local failure, then the session's."""
+    a, missing, b = sources
+    records = json_records(done)
+    assert [(r["name"], r["path"]) for r in records] == [
+        ("missing.txt", str(missing)),
+        ("a.txt", str(a)),
+        ("b.txt", str(b)),
+    ]
+    assert all(r["status"] == "failed" and r["digest"] is None for r in records)
+    assert records[0]["exit_code"] == 8
+    assert "missing.txt" in str(records[0]["error"])
+    for record in records[1:]:
+        assert record["exit_code"] == code
+        assert why in str(record["error"])
+    assert done.returncode == code
+
+
+def test_put_json_reports_every_file_when_nothing_listens(
+    sender_home: Path, tmp_path: Path
+) -> None:
+    sources = three_sources(tmp_path)
+    port = closed_port()
+
+    done = cli(
+        ["put", "--accept-new", "--json", *sources, f"127.0.0.1:{port}"], sender_home
+    )
+
+    assert_every_file_failed(done, sources, 3, f"cannot connect to 127.0.0.1:{port}")
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and "missing.txt" in lines[0]
+    assert lines[1].startswith(f"filexfer: error: cannot connect to 127.0.0.1:{port}")
+
+
+def test_put_json_reports_every_file_when_not_authorized(
+    make_pair: Callable[..., Pair], tmp_path: Path
+) -> None:
+    pair = make_pair(authorize=False)
+    sources = three_sources(tmp_path)
+
+    done = pair.put("--json", *sources)
+
+    assert_every_file_failed(done, sources, 4, "not authorized")
+    assert done.stderr.splitlines()[-1].startswith("filexfer: hint: give the ")
+    assert nothing_arrived(pair.receiver)
+
+
+def test_put_busy_receiver_fails_every_file_with_a_hint(
+    make_pair: Callable[..., Pair], tmp_path: Path
+) -> None:
+    pair = make_pair(*recv_flags(max_sessions=1))
+    identity = load_identity(pair.sender_home)
+    holder = connect("127.0.0.1", pair.receiver.port, identity, lambda _key: None)
+    pair.receiver.wait_for_log(r"event=session\.start")
+    sources = three_sources(tmp_path)
+    try:
+        done = pair.put("--json", *sources)
+    finally:
+        holder.send(msgs.Close())
+        holder.close()
+
+    assert_every_file_failed(done, sources, 3, "receiver busy")
+    assert "try again later" in done.stderr.splitlines()[-1]
+    pair.receiver.wait_for_log(r"reason=busy")
+    assert nothing_arrived(pair.receiver)
 
 
 def test_put_without_terminal_draws_no_progress(pair: Pair, tmp_path: Path) -> None:
@@ -380,6 +662,29 @@ def test_put_on_a_terminal_draws_a_bar(pair: Pair, tmp_path: Path) -> None:
     assert (
         terminal.rstrip("\r\n").splitlines()[-1].startswith("filexfer: sent 1 file(s)")
     )
+
+
+def test_put_on_a_terminal_several_files_and_a_tree(pair: Pair, tmp_path: Path) -> None:
+    """Several files draw a total bar and a per-file bar, and finish."""
+    src = tmp_path / "src"
+    files = [
+        random_file(src / "one.bin", 2 * MiB, seed=47),
+        random_file(src / "two.bin", MiB, seed=48),
+    ]
+    random_file(src / "tree" / "deep" / "three.bin", MiB, seed=49)
+    random_file(src / "tree" / "four.bin", 1000, seed=50)
+
+    code, stdout, terminal = terminal_put(pair, "-r", *files, src / "tree")
+
+    assert code == 0, terminal
+    assert stdout == ""
+    assert "Traceback" not in terminal
+    assert "total: 100%" in terminal and "4.00M/4.00M" in terminal
+    assert "\r" in terminal
+    last = terminal.rstrip("\r\n").splitlines()[-1]
+    assert last.startswith("filexfer: sent 4 file(s), 4,195,304 bytes in ")
+    for name in ["one.bin", "two.bin", "tree/deep/three.bin", "tree/four.bin"]:
+        assert (pair.receiver.root / name).is_file()
 
 
 def test_put_on_a_terminal_with_no_progress(pair: Pair, source: Path) -> None:
@@ -453,6 +758,52 @@ def test_recv_once_is_not_used_up_by_a_stranger(
     assert pair.put(source).returncode == 0
     assert pair.receiver.process is not None
     assert pair.receiver.process.wait(30) == 0
+
+
+def test_recv_once_exits_zero_when_it_refused_a_file(
+    make_pair: Callable[..., Pair], source: Path
+) -> None:
+    """A refusal is the sender's failure; the session itself ended well."""
+    pair = make_pair("--once")
+    (pair.receiver.root / "report.bin").write_bytes(b"old")
+
+    done = pair.put(source)
+
+    assert_one_error(done, 6, "already exists")
+    assert pair.receiver.process is not None
+    assert pair.receiver.process.wait(30) == 0
+    assert (pair.receiver.root / "report.bin").read_bytes() == b"old"
+    assert "event=session.end" in pair.receiver.log()
+
+
+def test_recv_once_exits_with_the_code_of_a_failed_session(
+    make_pair: Callable[..., Pair],
+) -> None:
+    """A sender that vanishes mid-file: the session failed, so recv exits 3."""
+    pair = make_pair("--once")
+    identity = load_identity(pair.sender_home)
+    channel = connect("127.0.0.1", pair.receiver.port, identity, lambda _key: None)
+    channel.send(msgs.Offer(0, 1000, 0, 0o644, False, "cut.bin"))
+    assert isinstance(channel.recv(), msgs.Accept)
+    channel.data_buffer()[:10] = bytes(10)
+    channel.send_data(10)
+    channel.close()
+
+    assert pair.receiver.process is not None
+    assert pair.receiver.process.wait(30) == 3
+    log = pair.receiver.log()
+    assert "event=session.failed" in log
+    assert log.rstrip().splitlines()[-1].startswith("filexfer: error: ")
+    assert nothing_arrived(pair.receiver)
+
+
+def test_recv_once_stopped_by_a_signal_before_any_session_exits_zero(
+    make_pair: Callable[..., Pair],
+) -> None:
+    pair = make_pair("--once")
+
+    assert pair.receiver.stop(signal.SIGTERM) == 0
+    assert "event=recv.stopped" in pair.receiver.log()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])

@@ -14,6 +14,7 @@ from filexfer.errors import (
     ConnectError,
     FilexferError,
     IntegrityError,
+    InterruptError,
     LocalFileError,
     PeerTimeoutError,
     ProtocolError,
@@ -155,3 +156,23 @@ def test_hint_is_optional_and_kept() -> None:
     assert TrustError("x", hint="do this").hint == "do this"
     refused = RefusedError("exists", Code.EXISTS, hint="use --overwrite")
     assert (refused.code, refused.hint) == (Code.EXISTS, "use --overwrite")
+
+
+@pytest.mark.parametrize(
+    ("code", "needle"),
+    [(Code.NOT_AUTHORIZED, "filexfer allow"), (Code.BUSY, "try again later")],
+    ids=["not authorized", "busy"],
+)
+def test_from_code_gives_the_sender_a_hint(code: Code, needle: str) -> None:
+    error = from_code(int(code), "receiver: why")
+
+    assert error.hint is not None and needle in error.hint
+
+
+def test_interrupt_is_exit_130_in_help_and_readme(tmp_path: Path) -> None:
+    done = cli(["put", "--help"], tmp_path)
+
+    assert InterruptError().exit_code == 130
+    assert str(InterruptError()) == "interrupted; copy not completed"
+    assert "interrupted" in help_exit_codes(done.stdout)[130]
+    assert "interrupted" in readme_exit_codes()[130]

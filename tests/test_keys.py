@@ -17,9 +17,11 @@ from filexfer.keys import (
     AUTHORIZED_FILE,
     IDENTITY_FILE,
     KNOWN_FILE,
+    PRIVATE_PREFIX,
     KnownReceivers,
     allow_sender,
     authorized_senders,
+    check_fingerprint_text,
     check_pin,
     config_dir,
     decode_public,
@@ -28,7 +30,14 @@ from filexfer.keys import (
     load_identity,
     matches_fingerprint,
 )
-from tests.helpers import ROOT, cli, new_identity
+from tests.helpers import (
+    ROOT,
+    base_env,
+    cli,
+    cli_unprivileged,
+    filexfer_command,
+    new_identity,
+)
 
 RAW = bytes(range(32))
 OTHER_RAW = bytes(range(100, 132))
@@ -155,11 +164,99 @@ def test_identity_is_not_created_when_asked_not_to(tmp_path: Path) -> None:
 
 def test_damaged_identity_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / IDENTITY_FILE).write_text("fx1-private-not base64 at all\n")
+    (tmp_path / IDENTITY_FILE).chmod(0o600)
 
     with pytest.raises(UsageError) as caught:
         load_identity(tmp_path)
 
     assert "damaged" in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_identity_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    """Like ssh with a private key others can read: exit 2 and a chmod hint."""
+    load_identity(tmp_path)
+    path = tmp_path / IDENTITY_FILE
+    path.chmod(mode)
+
+    done = cli(["id"], tmp_path)
+
+    how = "writable" if mode == 0o620 else "readable"
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"filexfer: error: identity file {path} is {how} by others (mode {mode:04o})",
+        f"filexfer: hint: chmod 600 {path}",
+    ]
+
+
+def test_identity_first_use_by_many_processes_at_once(tmp_path: Path) -> None:
+    """Racing first uses agree on one complete identity; none sees it empty."""
+    home = tmp_path / "fresh"
+    processes = [
+        subprocess.Popen(
+            filexfer_command("id"),
+            env=base_env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(20)
+    ]
+    outcomes = [(*p.communicate(timeout=120), p.returncode) for p in processes]
+
+    assert [code for _out, _err, code in outcomes] == [0] * 20, outcomes
+    assert {out for out, _err, _code in outcomes} == {
+        load_identity(home).public_line + "\n"
+    }
+    assert os.listdir(home) == [IDENTITY_FILE]
+    assert stat.S_IMODE(os.stat(home / IDENTITY_FILE).st_mode) == 0o600
+
+
+def test_identity_race_lost_uses_the_winners_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loser's key never replaces the winner's, and its temp file goes."""
+    winner = new_identity()
+    raw = base64.urlsafe_b64encode(winner.private.private_bytes_raw()).rstrip(b"=")
+    real_link = os.link
+
+    def winner_links_first(source: Path, target: Path) -> None:
+        # Another process completes its identity just before this one links.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, PRIVATE_PREFIX.encode() + raw + b"\n")
+        os.close(fd)
+        real_link(source, target)  # FileExistsError, as in a lost race
+
+    monkeypatch.setattr(os, "link", winner_links_first)
+
+    loaded = load_identity(tmp_path)
+
+    assert loaded.public == winner.public
+    assert os.listdir(tmp_path) == [IDENTITY_FILE]
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file", "read-only"])
+def test_unusable_config_directory_exits_2(tmp_path: Path, where: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory\n")
+    home = {
+        "a file": blocker,
+        "below a file": blocker / "filexfer",
+        "read-only": tmp_path / "read-only",
+    }[where]
+    if where == "read-only":
+        home.mkdir(mode=0o500)
+
+    done = cli_unprivileged(["id"], home)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("filexfer: error: ")
+    assert str(home) in done.stderr.splitlines()[0]
+    assert "Traceback" not in done.stderr
+    assert blocker.read_text() == "not a directory\n"
 
 
 def test_id_never_prints_the_private_key(tmp_path: Path) -> None:
@@ -283,6 +380,65 @@ def test_allow_keeps_existing_hand_written_lines(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("name", [AUTHORIZED_FILE, KNOWN_FILE])
+def test_appending_starts_a_new_line_when_the_file_lacks_one(
+    tmp_path: Path, name: str
+) -> None:
+    """A hand edit without a final newline must not glue two entries."""
+    path = tmp_path / name
+    first = (
+        f"{key_line(RAW)} nas" if name == AUTHORIZED_FILE else f"a:1 {key_line(RAW)}"
+    )
+    path.write_text(f"# by hand\n{first}")
+
+    if name == AUTHORIZED_FILE:
+        allow_sender(key_line(OTHER_RAW), "laptop", tmp_path)
+        added = f"{key_line(OTHER_RAW)} laptop"
+    else:
+        KnownReceivers(tmp_path).pin("b:2", OTHER_RAW)
+        added = f"b:2 {key_line(OTHER_RAW)}"
+
+    assert path.read_text() == f"# by hand\n{first}\n{added}\n"
+    if name == AUTHORIZED_FILE:
+        assert authorized_senders(tmp_path) == {RAW, OTHER_RAW}
+    else:
+        assert KnownReceivers(tmp_path).lookup("a:1") == RAW
+        assert KnownReceivers(tmp_path).lookup("b:2") == OTHER_RAW
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [
+        f"laptop\n{key_line(OTHER_RAW)}",
+        f"laptop\r{key_line(OTHER_RAW)}",
+        "tab\there",
+        "\x1b[2Jlaptop",
+        f"next\u2028{key_line(OTHER_RAW)}",
+        f"next\x85{key_line(OTHER_RAW)}",
+        f"next\x1c{key_line(OTHER_RAW)}",
+        "flip\u202eplot",
+    ],
+    ids=["LF", "CR", "TAB", "ESC", "LINE SEPARATOR", "NEL", "FS", "RLO"],
+)
+def test_allow_refuses_a_comment_that_is_not_one_printable_line(
+    tmp_path: Path, comment: str
+) -> None:
+    """A comment can never add a second key, nor drive a terminal."""
+    with pytest.raises(UsageError) as caught:
+        allow_sender(key_line(RAW), comment, tmp_path)
+
+    assert "comment" in str(caught.value)
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+    assert not (tmp_path / AUTHORIZED_FILE).exists()
+
+
+def test_allow_refuses_a_key_of_two_lines(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        allow_sender(f"{key_line(RAW)}\n{key_line(OTHER_RAW)}", "", tmp_path)
+
+    assert not (tmp_path / AUTHORIZED_FILE).exists()
+
+
 def test_allow_refuses_a_malformed_key(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         allow_sender("fx1-nope", "", tmp_path)
@@ -324,8 +480,17 @@ def test_malformed_authorized_line_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
         authorized_senders(tmp_path)
 
-    assert AUTHORIZED_FILE in str(caught.value)
-    assert "entry 2" in str(caught.value)
+    assert str(caught.value).startswith(f"{tmp_path / AUTHORIZED_FILE}: line 3: ")
+    assert caught.value.hint is not None
+
+
+def test_key_file_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / AUTHORIZED_FILE).mkdir()
+
+    with pytest.raises(UsageError) as caught:
+        authorized_senders(tmp_path)
+
+    assert f"cannot read {tmp_path / AUTHORIZED_FILE}" in str(caught.value)
 
 
 def test_cli_allow_reports_and_exits_zero(tmp_path: Path) -> None:
@@ -387,6 +552,37 @@ def test_known_receivers_tolerates_comments(tmp_path: Path) -> None:
     assert KnownReceivers(tmp_path).lookup("host:1") == RAW
     assert KnownReceivers(tmp_path).lookup("#host:2") is None
     assert KnownReceivers(tmp_path).lookup("host:2") is None
+
+
+def test_malformed_pin_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / KNOWN_FILE).write_text(
+        f"# pins\nother:1 garbage\nhost:1 {key_line(RAW)[:-2]}\n"
+    )
+
+    assert KnownReceivers(tmp_path).lookup("other:2") is None
+    with pytest.raises(UsageError) as caught:
+        KnownReceivers(tmp_path).lookup("host:1")
+
+    assert str(caught.value).startswith(f"{tmp_path / KNOWN_FILE}: line 3: ")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [fingerprint(RAW), fingerprint(RAW).removeprefix("SHA256:"), encode_public(RAW)],
+    ids=["fingerprint", "bare", "key line"],
+)
+def test_check_fingerprint_text_accepts_what_matches_reads(given: str) -> None:
+    check_fingerprint_text(given)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["", "nope", "SHA256:", fingerprint(RAW)[:-1], fingerprint(RAW) + "!", "fx1abc"],
+    ids=["empty", "word", "prefix only", "short", "bad char", "short key"],
+)
+def test_check_fingerprint_text_refuses_the_rest(given: str) -> None:
+    with pytest.raises(UsageError):
+        check_fingerprint_text(given)
 
 
 def test_check_pin_accepts_unknown_and_same_key() -> None:

@@ -27,6 +27,7 @@ from tests.helpers import (
     Pair,
     Receiver,
     TamperProxy,
+    as_unprivileged,
     authorize_sender,
     base_env,
     cli,
@@ -122,6 +123,92 @@ def test_put_recursive_sample_data_arrives_byte_identical(pair: Pair) -> None:
     assert (arrived / "photos" / "2026" / "gradient.png").is_file()
     assert leftovers(pair.receiver.root) == []
     assert pair.receiver.log().count("event=transfer.complete") == 7
+
+
+def test_put_recursive_warns_about_links_with_a_prefix(pair: Pair) -> None:
+    tree = pair.tmp / "src" / "tree"
+    write(tree / "real.txt", b"real\n")
+    (tree / "link.txt").symlink_to(tree / "real.txt")
+
+    done = pair.put("-r", tree)
+
+    assert done.returncode == 0, done.stderr
+    warning, summary = done.stderr.splitlines()
+    assert (
+        warning
+        == f"filexfer: warning: skipping {tree / 'link.txt'}: not a regular file"
+    )
+    assert summary.startswith("filexfer: sent 1 file(s), ")
+    assert os.listdir(pair.receiver.root / "tree") == ["real.txt"]
+
+
+def put_unprivileged(
+    pair: Pair, *args: str | os.PathLike[str]
+) -> subprocess.CompletedProcess[str]:
+    """`put` with file permissions applying, as they would for a user."""
+    return subprocess.run(
+        as_unprivileged(
+            filexfer_command(
+                "put",
+                "--fingerprint",
+                pair.receiver_fingerprint,
+                *args,
+                pair.receiver.address,
+            )
+        ),
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("others", "code"), [(True, 7), (False, 8)], ids=["with others", "alone"]
+)
+def test_put_recursive_unreadable_directory_is_a_local_failure(
+    pair: Pair, others: bool, code: int
+) -> None:
+    """A directory the walk cannot list is never skipped in silence (C10)."""
+    tree = pair.tmp / "src" / "tree"
+    locked = tree / "locked"
+    write(locked / "secret.txt", b"unseen\n")
+    if others:
+        write(tree / "a.txt", b"a\n")
+    locked.chmod(0)
+    try:
+        done = put_unprivileged(pair, "-r", "--json", tree)
+    finally:
+        locked.chmod(0o755)
+
+    assert done.returncode == code, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    failed = [r for r in records if r["status"] == "failed"]
+    assert [(r["name"], r["path"], r["exit_code"]) for r in failed] == [
+        ("tree/locked", str(locked), 8)
+    ]
+    assert "cannot read directory (permission denied)" in str(failed[0]["error"])
+    assert [r["name"] for r in records if r["status"] == "ok"] == (
+        ["tree/a.txt"] if others else []
+    )
+    assert any("locked: cannot read directory" in line for line in error_lines(done))
+    assert not (pair.receiver.root / "tree" / "locked").exists()
+
+
+def test_put_name_the_receiver_would_refuse_is_a_local_failure(pair: Pair) -> None:
+    """Checked before connecting: exit 8, never offered (README: names)."""
+    odd = write(pair.tmp / "src" / "back\\slash.txt", b"x")
+
+    done = pair.put("--json", odd)
+
+    assert done.returncode == 8
+    [record] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (record["name"], record["path"]) == ("back\\slash.txt", str(odd))
+    assert "cannot be sent (bad path: " in str(record["error"])
+    [line] = error_lines(done)
+    assert "back\\\\slash.txt: cannot be sent" in line
+    assert "event=session.start" not in pair.receiver.log()
 
 
 def test_put_keeps_permission_bits_and_mtime(pair: Pair) -> None:
@@ -415,6 +502,48 @@ def test_put_sender_interrupted_says_not_completed(
     )
     assert not (root / "big.bin").exists()
     assert leftovers(root) == []
+
+
+def test_put_json_interrupted_reports_every_file(
+    slow_pair: Pair, big_source: Path
+) -> None:
+    """Ctrl-C still ends with one object per file, and exit 130 (C15)."""
+    small = write(slow_pair.tmp / "src" / "small.txt", b"small\n")
+    sender = start_put(slow_pair, "--json", big_source, small)
+    wait_for_part(slow_pair.receiver.root)
+
+    sender.send_signal(signal.SIGINT)
+    stdout, stderr = sender.communicate(timeout=30)
+
+    assert sender.returncode == 130
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["name"] for r in records] == ["big.bin", "small.txt"]
+    for record in records:
+        assert record["status"] == "failed" and record["exit_code"] == 130
+        assert record["error"] == "interrupted; copy not completed"
+    assert stderr.splitlines()[-1] == "filexfer: error: interrupted; copy not completed"
+
+
+def test_put_json_receiver_stopped_reports_every_file(
+    slow_pair: Pair, big_source: Path
+) -> None:
+    """The session's failure is each unconfirmed file's failure (C15)."""
+    small = write(slow_pair.tmp / "src" / "small.txt", b"small\n")
+    sender = start_put(slow_pair, "--json", big_source, small)
+    wait_for_part(slow_pair.receiver.root)
+
+    assert slow_pair.receiver.stop(signal.SIGTERM) == 0
+    stdout, stderr = sender.communicate(timeout=60)
+
+    assert sender.returncode == 3, stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["name"] for r in records] == ["big.bin", "small.txt"]
+    assert {r["exit_code"] for r in records} == {3}
+    assert {r["error"] for r in records} == {
+        stderr.splitlines()[0].removeprefix("filexfer: error: ")
+    }
+    assert all(r["status"] == "failed" for r in records)
+    assert not (slow_pair.receiver.root / "small.txt").exists()
 
 
 def test_put_receiver_stopped_mid_transfer_leaves_nothing(
