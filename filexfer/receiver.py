@@ -11,8 +11,8 @@ written, and ``End`` compares size and digest.  A file that matches joins
 the commit batch; one that does not is deleted and refused.
 
 For a large file, writing overlaps receiving: the session thread
-receives, decrypts and hashes chunk n+1 while a second thread writes
-chunk n to the part file by direct I/O (``_WriteBehind``).  A small file
+receives and decrypts chunk n+1 while a second thread hashes chunk n and
+writes it to the part file by direct I/O (``_WriteBehind``).  A small file
 is written at once, as handing it to another thread would cost more than
 the write.  Chunks are decrypted into a small pool of buffers
 that go round between the two threads, so memory does not grow with file
@@ -147,6 +147,10 @@ class _WriteBehind:
 
     @staticmethod
     def _write(incoming: _Incoming, payload: memoryview) -> None:
+        # Hashing here too takes it off the session thread, which is then
+        # free to receive and decrypt the next chunk.
+        assert incoming.hasher is not None
+        incoming.hasher.update(payload)
         _write_chunk(incoming, payload)
 
 
@@ -280,10 +284,10 @@ class ReceiveSession:
             raise ProtocolError(
                 f"{printable(incoming.offer.name)!r}: more bytes than offered"
             )
-        incoming.hasher.update(payload)
         if incoming.write_behind:
             self.writer.write(incoming, payload, buffer)
             return
+        incoming.hasher.update(payload)
         _write_chunk(incoming, payload)
         self.writer.recycle(buffer)
 
@@ -319,6 +323,8 @@ class ReceiveSession:
         incoming = self._take_current(end.file_id)
         if incoming.discarding:
             return
+        if incoming.write_behind:
+            self.writer.drain()  # the writer hashes what it writes
         hasher = incoming.hasher
         assert hasher is not None
         if end.size != incoming.offer.size or incoming.received != end.size:
