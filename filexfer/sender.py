@@ -33,11 +33,12 @@ import contextlib
 import io
 import logging
 import os
+import queue
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from blake3 import blake3
@@ -410,6 +411,8 @@ class _Job:
 
     def _stream(self, opened: _Opened) -> bytes:
         """Send the file's bytes; return the digest, or b"" if it failed."""
+        if opened.info.st_size >= READ_AHEAD_MIN:
+            return self._stream_read_ahead(opened)
         hasher = blake3()
         buffer = self.channel.data_buffer()
         remaining = opened.info.st_size
@@ -425,6 +428,23 @@ class _Job:
             self.on_progress(count)
         _check_unchanged(reader, opened)
         return hasher.digest()
+
+    def _stream_read_ahead(self, opened: _Opened) -> bytes:
+        """Like :meth:`_stream`, with reading and hashing in a second thread."""
+        ahead = _ReadAhead(self.channel, opened)
+        try:
+            for plain, count in ahead.chunks():
+                if opened.file_id in self.replies.failed_while_sending:
+                    self.channel.send(
+                        msgs.Abort(opened.file_id, Code.IO_ERROR, "stopped")
+                    )
+                    return b""
+                self.channel.send_data(count, plain)
+                ahead.recycle(plain)
+                self.on_progress(count)
+        finally:
+            ahead.stop()
+        return ahead.digest
 
     def _results(self) -> list[FileResult]:
         results = list(self.failed_locally)
@@ -464,6 +484,80 @@ class _Job:
             return
         result.digest = done.digest.hex()
         result.seconds = time.monotonic() - opened.started
+
+
+READ_AHEAD_MIN = 8 << 20
+READ_AHEAD_BUFFERS = 4
+
+_Ready = tuple[bytearray, int] | LocalFileError | None
+
+
+class _ReadAhead:
+    """Reads and hashes a large file a few chunks ahead of the sender.
+
+    The thread that sends then only seals and writes to the socket, while
+    this one reads the next chunks from the disk and hashes them; both
+    halves release the GIL for most of their work.  Buffers go round a
+    fixed pool, so memory does not grow with the file.
+    """
+
+    def __init__(self, channel: Channel, opened: _Opened) -> None:
+        self._opened = opened
+        self._free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+        for _ in range(READ_AHEAD_BUFFERS):
+            self._free.put(channel.new_data_buffer())
+        self._ready: queue.SimpleQueue[_Ready] = queue.SimpleQueue()
+        self._stopping = False
+        self.digest = b""
+        self._thread = threading.Thread(
+            target=self._run, name="filexfer-read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def chunks(self) -> Iterator[tuple[bytearray, int]]:
+        """Each filled buffer and its chunk length, in file order.
+
+        Raises:
+            LocalFileError: the file could not be read or changed.
+        """
+        while (item := self._ready.get()) is not None:
+            if isinstance(item, LocalFileError):
+                raise item
+            yield item
+
+    def recycle(self, plain: bytearray) -> None:
+        self._free.put(plain)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._free.put(None)  # wakes the reader if it waits for a buffer
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._read_all()
+        except LocalFileError as exc:
+            self._ready.put(exc)
+            return
+        except BaseException as exc:  # reported to the sending thread
+            self._ready.put(LocalFileError(f"internal error while reading: {exc!r}"))
+            return
+        self._ready.put(None)
+
+    def _read_all(self) -> None:
+        opened, hasher = self._opened, blake3()
+        remaining = opened.info.st_size
+        while remaining > 0:
+            plain = self._free.get()
+            if plain is None or self._stopping:
+                return
+            view = memoryview(plain)[1 : 1 + min(len(plain) - 1, remaining)]
+            count = _read_into(opened.file, view, opened)
+            hasher.update(view[:count])
+            remaining -= count
+            self._ready.put((plain, count))
+        _check_unchanged(opened.file, opened)
+        self.digest = hasher.digest()
 
 
 def _read_into(reader: io.FileIO, view: memoryview, opened: _Opened) -> int:

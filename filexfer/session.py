@@ -205,9 +205,17 @@ class Channel:
         """A buffer to fill with the next chunk before :meth:`send_data`."""
         return memoryview(self._plain_out)[1 : 1 + self.chunk_size]
 
-    def send_data(self, count: int) -> None:
-        """Send the first count bytes of :meth:`data_buffer` as Data."""
-        self._send_plain(memoryview(self._plain_out)[: 1 + count])
+    def new_data_buffer(self) -> bytearray:
+        """A Data message buffer of one's own: the chunk goes after byte 0."""
+        plain = bytearray(1 + self.chunk_size)
+        plain[0] = msgs.Kind.DATA
+        return plain
+
+    def send_data(self, count: int, plain: bytearray | None = None) -> None:
+        """Send count chunk bytes as Data, from :meth:`data_buffer` or from
+        a buffer made by :meth:`new_data_buffer`."""
+        buffer = self._plain_out if plain is None else plain
+        self._send_plain(memoryview(buffer)[: 1 + count])
 
     def _send_plain(self, plaintext: bytes | memoryview) -> None:
         with translate("send", self.idle, self.peer_role):
