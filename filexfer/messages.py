@@ -177,7 +177,11 @@ def encode(message: Message) -> bytes:
     kind, values, text = _fields(message)
     if kind is Kind.ERROR:
         values, text = values[:1], str(values[1])
-    body = _LAYOUT[kind].pack(*values)
+    try:
+        body = _LAYOUT[kind].pack(*values)
+    except struct.error:
+        # A size past 2**64 - 1, say: refuse it here, never wrap it.
+        raise ValueError(f"{kind.name.lower()}: a field is out of range") from None
     if kind in _WITH_TEXT:
         raw = (text or "").encode("utf-8")
         if len(raw) > MAX_TEXT:

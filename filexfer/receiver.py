@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 BATCH_FILES = 128
 BATCH_BYTES = 256 << 20
+# An honest sender keeps at most sender.OFFER_WINDOW (64) offers ahead of
+# the file it streams; far more is a flood, and every pending offer costs
+# memory here.
+MAX_PENDING = 256
 WRITE_BUFFERS = 6
 LARGE_FILE = 8 << 20
 FLUSH_PAUSE = 0.01
@@ -224,6 +228,8 @@ class ReceiveSession:
     def _on_offer(self, offer: msgs.Offer) -> None:
         if offer.file_id != self.next_id:
             raise ProtocolError("offer ids out of order")
+        if len(self.queue) >= MAX_PENDING:
+            raise ProtocolError("too many offers ahead of the data")
         self.next_id += 1
         try:
             placement = self._reserve(offer)

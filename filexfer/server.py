@@ -36,7 +36,7 @@ from .errors import Code, ConnectError, FilexferError, TrustError
 from .keys import Identity, authorized_senders, fingerprint, short_fingerprint
 from .receiver import ReceiveSession
 from .records import MAX_PLAINTEXT
-from .session import Channel, Timeouts, accept, translate
+from .session import Channel, Timeouts, accept
 from .storage import LocalStore, NameLimits
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,11 @@ class Server:
             self._serve_session(channel, peer, session_id)
         finally:
             self.session_slots.release()
+        # After the slot is free: a peer slow to hang up must not keep
+        # another sender out. Drain on failure too, so that the Error just
+        # sent is not destroyed by the RST that closing over unread data
+        # would cause.
+        _drain_and_close(channel.sock)
 
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
         key = short_fingerprint(channel.peer_key)
@@ -254,7 +259,6 @@ class Server:
             with self.lock:
                 self.live.pop(session_id, None)
         if error is None:
-            _drain_and_close(channel.sock)
             log.info(
                 "event=session.end session=%s peer=%s key=%s files=%d",
                 session_id,
@@ -283,18 +287,31 @@ class Server:
         log.info("event=recv.stopped")
 
 
+# How long, and how much, a closing connection is read before it is cut.
+DRAIN_SECONDS = 1.0
+DRAIN_BYTES = 4 << 20
+
+
 def _drain_and_close(sock: socket.socket) -> None:
     """Close so that our last message arrives: FIN, not RST.
 
     Closing a socket with unread input makes the kernel send RST, which can
     destroy our final Error message in the peer's buffer.  So stop writing,
-    read (a bounded amount, briefly) until the peer closes, then close.
+    read until the peer closes, then close.  The reading is bounded in
+    bytes and in total time: a peer that keeps trickling bytes must not
+    hold the thread (and its slot) past DRAIN_SECONDS.
     """
-    with contextlib.suppress(OSError), translate("close"):
+    deadline = time.monotonic() + DRAIN_SECONDS
+    # Only OSError (timeouts included) can happen here, and every one
+    # just means "stop reading": none is worth a log line.
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(1.0)
-        budget = 4 << 20
+        budget = DRAIN_BYTES
         while budget > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
             data = sock.recv(65536)
             if not data:
                 break
