@@ -75,10 +75,11 @@ class Server:
         self.stopping = threading.Event()
         self.handshake_slots = threading.BoundedSemaphore(config.max_handshakes)
         self.session_slots = threading.BoundedSemaphore(config.max_sessions)
-        self.live: dict[str, Channel] = {}
+        self.conns: set[socket.socket] = set()
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
         self.once_result: FilexferError | None = None
+        self.senders = authorized_senders(config.config_home)
         self.listener = self._listen()
 
     @property
@@ -93,9 +94,9 @@ class Server:
                 (self.config.host, self.config.port), family=family, backlog=128
             )
         except OSError as exc:
+            where = _peer_text((self.config.host, self.config.port))
             raise ConnectError(
-                f"cannot listen on {self.config.host}:{self.config.port}: "
-                f"{exc.strerror or exc}"
+                f"cannot listen on {where}: {exc.strerror or exc}"
             ) from exc
         sock.settimeout(0.5)
         return sock
@@ -125,7 +126,13 @@ class Server:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("event=recv.stopping signal=%s", signal.Signals(signum).name)
+        self._stop()
+
+    def _stop(self) -> None:
+        """End the accept loop now: a shut-down listener wakes accept()."""
         self.stopping.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
 
     def _accept_one(self) -> None:
         try:
@@ -154,6 +161,7 @@ class Server:
         )
         with self.lock:
             self.threads.add(thread)
+            self.conns.add(conn)
         thread.start()
 
     def _handle(self, conn: socket.socket, address: object) -> None:
@@ -186,16 +194,16 @@ class Server:
             conn.close()
             with self.lock:
                 self.threads.discard(threading.current_thread())
+                self.conns.discard(conn)
 
     def _handshake(
         self, conn: socket.socket, peer: str, session_id: str
     ) -> Channel | None:
-        home = self.config.config_home
         try:
             return accept(
                 conn,
                 self.identity,
-                lambda key: key in authorized_senders(home),
+                self._authorized,
                 self.config.timeouts,
                 self.config.max_record,
             )
@@ -215,6 +223,19 @@ class Server:
                 exc,
             )
         return None
+
+    def _authorized(self, key: bytes) -> bool:
+        """Check a key against authorized_senders as it is now on disk.
+
+        The file is read again for every sender, so an edit applies at
+        once; if it has become unreadable or damaged, the last good list
+        stays in force and the problem is logged.
+        """
+        try:
+            self.senders = authorized_senders(self.config.config_home)
+        except FilexferError as exc:
+            log.error("event=recv.config_error reason=%s", exc)
+        return key in self.senders
 
     def _run_session(self, channel: Channel, peer: str, session_id: str) -> None:
         if not self.session_slots.acquire(blocking=False):
@@ -238,8 +259,6 @@ class Server:
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
         key = short_fingerprint(channel.peer_key)
         log.info("event=session.start session=%s peer=%s key=%s", session_id, peer, key)
-        with self.lock:
-            self.live[session_id] = channel
         store = LocalStore(self.config.root, self.config.limits, self.config.min_free)
         error: FilexferError | None = None
         session = ReceiveSession(channel, store, session_id)
@@ -254,10 +273,19 @@ class Server:
                 key,
                 exc,
             )
+        except Exception as exc:
+            # A bug must cost one session, never the daemon (nor hang --once).
+            error = FilexferError("internal error in the session")
+            error.__cause__ = exc
+            log.error(
+                "event=session.crashed session=%s peer=%s key=%s",
+                session_id,
+                peer,
+                key,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
         finally:
             store.close()
-            with self.lock:
-                self.live.pop(session_id, None)
         if error is None:
             log.info(
                 "event=session.end session=%s peer=%s key=%s files=%d",
@@ -271,16 +299,18 @@ class Server:
     def _after_session(self, error: FilexferError | None) -> None:
         if self.config.once:
             self.once_result = error
-            self.stopping.set()
+            self._stop()
 
     def _shutdown(self) -> None:
         self.listener.close()
         with self.lock:
-            channels = list(self.live.values())
+            conns = list(self.conns)
             threads = list(self.threads)
-        for channel in channels:
+        # Every connection, handshakes included: a stranger that says
+        # nothing must not hold up the stop.
+        for conn in conns:
             with contextlib.suppress(OSError):
-                channel.sock.shutdown(socket.SHUT_RDWR)
+                conn.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + 10
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))

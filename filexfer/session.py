@@ -303,13 +303,14 @@ def connect(
     Raises:
         ConnectError, PeerTimeoutError, TrustError, IntegrityError.
     """
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         sock = socket.create_connection((host, port), timeout=timeouts.connect)
     except TimeoutError as exc:
-        raise ConnectError(f"cannot connect to {host}:{port}: timed out") from exc
+        raise ConnectError(f"cannot connect to {where}: timed out") from exc
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConnectError(f"cannot connect to {host}:{port}: {reason}") from exc
+        raise ConnectError(f"cannot connect to {where}: {reason}") from exc
     try:
         return _initiate(sock, identity, verify_peer, timeouts)
     except BaseException:
@@ -332,10 +333,6 @@ def _initiate(
         peer = state.remote_static
         assert peer is not None, "internal error: XX revealed no static key"
         verify_peer(peer)
-
-        # verify_peer may have asked the user: their thinking time is not
-        # the receiver's silence, so the last message gets a fresh clock.
-        deadline = _Deadline(timeouts.handshake, timeouts.idle)
         _send_frame(sock, state.write_message(_my_hello(MAX_PLAINTEXT)), deadline)
         send, recv = state.split()
     assert send.key is not None and recv.key is not None

@@ -1,0 +1,77 @@
+"""The daemon itself: stopping, reloading its authorized senders, --once."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.helpers import Pair
+
+SAMPLE = b"server test\n"
+
+
+def test_stop_does_not_wait_for_a_silent_stranger(pair: Pair) -> None:
+    """An unauthenticated connection that says nothing is cut at the stop."""
+    receiver = pair.receiver
+    with socket.create_connection(("127.0.0.1", receiver.port)) as stranger:
+        stranger.sendall(b"\x00")  # half of a handshake frame header, then silence
+        receiver.wait_for_log(r"event=recv\.listening")
+        started = time.monotonic()
+        code = receiver.stop(signal.SIGTERM, timeout=60)
+        took = time.monotonic() - started
+    assert code == 0
+    assert "event=recv.stopped" in receiver.log()
+    # The handshake timeout is 15 s: stopping must not wait for it.
+    assert took < 10, f"stop took {took:.1f} s"
+
+
+def test_damaged_authorized_senders_keeps_the_last_good_list(
+    pair: Pair, tmp_path: Path
+) -> None:
+    source = tmp_path / "a.txt"
+    source.write_bytes(SAMPLE)
+    senders = pair.receiver.home / "authorized_senders"
+    good = senders.read_text()
+    senders.write_text(good + "this is not a key\n")
+
+    done = pair.put(source)
+
+    assert done.returncode == 0, done.stderr
+    assert (pair.receiver.root / "a.txt").read_bytes() == SAMPLE
+    pair.receiver.wait_for_log(r"ERROR event=recv\.config_error reason=.*line 2")
+
+
+def test_removed_sender_is_refused_at_once(pair: Pair, tmp_path: Path) -> None:
+    source = tmp_path / "b.txt"
+    source.write_bytes(SAMPLE)
+    senders = pair.receiver.home / "authorized_senders"
+    senders.write_text("# nobody\n")
+
+    done = pair.put(source)
+
+    assert done.returncode == 4, done.stderr
+    assert not (pair.receiver.root / "b.txt").exists()
+    pair.receiver.wait_for_log(r"event=session\.unauthorized")
+
+
+def test_once_exits_soon_after_its_session(
+    make_pair: Callable[..., Pair], tmp_path: Path
+) -> None:
+    pair = make_pair("--once")
+    source = tmp_path / "c.txt"
+    source.write_bytes(SAMPLE)
+
+    done = pair.put(source)
+
+    assert done.returncode == 0, done.stderr
+    assert pair.receiver.process is not None
+    try:
+        code = pair.receiver.process.wait(timeout=10)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("recv --once kept running") from exc
+    assert code == 0
+    assert (pair.receiver.root / "c.txt").read_bytes() == SAMPLE
