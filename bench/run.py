@@ -237,7 +237,7 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> int:
 
 
 def metadata(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return {
         "mode": "quick" if args.quick else "full",
         "command": shlex.join(["python", "bench/run.py", *args.argv]),

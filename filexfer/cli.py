@@ -17,6 +17,7 @@ must show the same key.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import math
@@ -26,11 +27,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
+from .config import load as load_config
 from .errors import (
     ConnectError,
     FilexferError,
@@ -53,9 +56,11 @@ from .keys import (
 )
 from .printable import printable
 from .sender import FileResult, Source, collect_sources, send_files, unsent
-from .server import Server, ServerConfig
 from .session import Channel, Timeouts, connect
 from .storage import NameLimits
+
+if TYPE_CHECKING:
+    from .server import Server, ServerConfig
 
 DEFAULT_PORT = 7757
 MAX_SECONDS = 86400.0  # a day: longer timeouts are typing mistakes
@@ -76,6 +81,7 @@ Exit codes:
 
 class _State:
     debug = False
+    config_file: str | None = None
 
 
 class _CliFormatter(logging.Formatter):
@@ -110,9 +116,36 @@ def _configure_logging(verbose: bool) -> None:
 @click.group(epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="filexfer")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug: bool) -> None:
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    envvar="FILEXFER_CONFIG",
+    show_envvar=True,
+    help="Read put and recv defaults and host names from FILE "
+    "(default: config.toml in the config directory).",
+)
+def cli(debug: bool, config_file: str | None) -> None:
     """Encrypted, mutually authenticated file transfer over TCP."""
     _State.debug = debug
+    _State.config_file = config_file
+
+
+def _with_config(command: Callable[..., None]) -> Callable[..., None]:
+    """Fill in the options the command line leaves out from the config file."""
+
+    @functools.wraps(command)
+    def run(**params: Any) -> None:
+        ctx = click.get_current_context()
+        given = {
+            name
+            for name in params
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        }
+        config = load_config(_State.config_file, _split_address)
+        command(**config.fill(ctx.command.name or "", params, given))
+
+    return run
 
 
 @cli.command("id", epilog=EXIT_CODES)
@@ -215,9 +248,9 @@ when the session failed. A signal before any session: 0.
 @click.option(
     "--dir",
     "root_text",
-    required=True,
     type=click.Path(),
-    help="Directory that received files go into (created if missing).",
+    help="Directory that received files go into (created if missing); "
+    "required here or in the config file.",
 )
 @click.option(
     "--listen",
@@ -283,8 +316,9 @@ when the session failed. A signal before any session: 0.
     help="Bytes that must stay free on the disk.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
+@_with_config
 def recv(
-    root_text: str,
+    root_text: str | None,
     listen: str,
     once: bool,
     max_sessions: int,
@@ -303,6 +337,9 @@ def recv(
     SIGTERM stop it cleanly; unfinished files are removed, never left under
     their final name.
     """
+    # Imported here: `put`, which must start fast, never needs the server.
+    from .server import ServerConfig
+
     root = _root_option(root_text)
     host, port = _split_address(listen, listening=True)
     # Read once here so that a damaged file stops the start, with its line
@@ -333,7 +370,12 @@ def recv(
         raise server.once_result
 
 
-def _root_option(text: str) -> Path:
+def _root_option(text: str | None) -> Path:
+    if text is None:
+        raise UsageError(
+            "missing option '--dir'",
+            hint="give --dir DIR, or set dir in the config file's [recv] section",
+        )
     if not text:
         raise UsageError("--dir is empty", hint="name the directory to receive into")
     root = Path(text)
@@ -361,6 +403,8 @@ def _listen(config: ServerConfig, identity: Identity) -> Server:
     except socket.gaierror as exc:
         why = f"cannot resolve the host ({os_reason(exc)})"
         raise UsageError(f"cannot listen on {where}: {why}") from exc
+    from .server import Server
+
     try:
         return Server(config, identity)
     except ConnectError as exc:
@@ -431,16 +475,7 @@ def _connect(
     verify: Callable[[bytes], None],
     timeouts: Timeouts,
 ) -> Channel:
-    try:
-        return connect(host, port, identity, verify, timeouts)
-    except ConnectError as exc:
-        # session.connect writes HOST:PORT plainly; an IPv6 host needs its
-        # brackets to be read back (and pasted) as an address.
-        plain = f"cannot connect to {host}:{port}"
-        if ":" not in host or not str(exc).startswith(plain):
-            raise
-        shown = f"cannot connect to {_display(host, port)}"
-        raise ConnectError(str(exc).replace(plain, shown, 1)) from exc.__cause__
+    return connect(host, port, identity, verify, timeouts)
 
 
 def _connect_trusting(
@@ -604,8 +639,7 @@ def _job_error(
     help="Send directories and everything below them.",
 )
 @click.option(
-    "--overwrite",
-    is_flag=True,
+    "--overwrite/--no-overwrite",
     help="Atomically replace files that already exist on the receiver.",
 )
 @click.option(
@@ -620,9 +654,11 @@ def _job_error(
     help="Trust the receiver only if its key has this fingerprint.",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout."
+    "--json/--no-json",
+    "as_json",
+    help="Print one JSON object per file on stdout.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+@click.option("-q", "--quiet/--no-quiet", help="No progress bar, no summary.")
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -642,6 +678,7 @@ def _job_error(
     type=_Seconds(),
     help="Seconds without progress before giving up.",
 )
+@_with_config
 def put(
     args: tuple[str, ...],
     recursive: bool,
@@ -654,7 +691,10 @@ def put(
     connect_timeout: float,
     idle_timeout: float,
 ) -> None:
-    """Send FILEs to a receiver at HOST[:PORT] (default port 7757)."""
+    """Send FILEs to a receiver at HOST[:PORT] (default port 7757).
+
+    HOST may also be the NAME of a [hosts.NAME] section of the config file.
+    """
     if len(args) < 2:
         raise UsageError("need at least one FILE and a HOST[:PORT]")
     host, port = _split_address(args[-1])
