@@ -40,6 +40,7 @@ import collections
 import logging
 import queue
 import select
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -201,6 +202,7 @@ class ReceiveSession:
 
     def _serve(self) -> None:
         while True:
+            self._reply_before_waiting()
             buffer = self.writer.buffer()
             message = self.channel.recv(buffer)
             if isinstance(message, msgs.Data):
@@ -210,8 +212,21 @@ class ReceiveSession:
             if isinstance(message, msgs.Close):
                 self._flush()
                 self.channel.send(msgs.Close())
+                self.channel.flush()
                 return
             self._dispatch(message)
+
+    def _reply_before_waiting(self) -> None:
+        """Batch replies while the sender's records are already here.
+
+        Accepts and Dones are held back while more input is waiting on the
+        socket and sent together, in one write, before this side would
+        block: the sender never waits on a reply held here.
+        """
+        if _readable(self.channel.sock, 0):
+            self.channel.cork()
+        else:
+            self.channel.flush()
 
     def _dispatch(self, message: msgs.Message) -> None:
         if isinstance(message, msgs.Offer):
@@ -388,8 +403,10 @@ class ReceiveSession:
         file; a sender that has finished gets its confirmations after at
         most FLUSH_PAUSE.
         """
-        readable, _, _ = select.select([self.channel.sock], [], [], FLUSH_PAUSE)
-        return bool(readable)
+        if _readable(self.channel.sock, 0):
+            return True
+        self.channel.flush()  # the sender may be waiting for a held reply
+        return _readable(self.channel.sock, FLUSH_PAUSE)
 
     def _flush(self) -> None:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
@@ -461,6 +478,7 @@ class ReceiveSession:
     def _tell_peer(self, exc: FilexferError) -> None:
         try:
             self.channel.send(msgs.Error(int(exc.code), str(exc)))
+            self.channel.flush()
         except FilexferError:
             pass  # the connection is already gone; nothing more to say
 
@@ -483,3 +501,8 @@ class ReceiveSession:
         self.queue.clear()
         self.batch.clear()
         self.store.close_dirs()
+
+
+def _readable(sock: socket.socket, wait: float) -> bool:
+    readable, _, _ = select.select([sock], [], [], wait)
+    return bool(readable)

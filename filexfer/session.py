@@ -64,6 +64,8 @@ PROLOGUE = b"filexfer/1/Noise_XX_25519_AESGCM_SHA256"
 MAX_HANDSHAKE_MESSAGE = 1024
 _FRAME = struct.Struct(">H")
 CHUNK_SIZE = 1 << 20
+# Corked replies are sent once this much is held, whatever else happens.
+MAX_HELD = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ class Channel:
         self._wire_out = bytearray(HEADER_LEN + MAX_PLAINTEXT + TAG_LEN)
         self._wire_in = bytearray(max_in + TAG_LEN)
         self._plain_in = bytearray(max_in)
+        self._held: bytearray | None = None
         sock.settimeout(idle)
 
     @property
@@ -198,8 +201,24 @@ class Channel:
         return short_fingerprint(self.peer_key)
 
     def send(self, message: msgs.Message) -> None:
-        """Send one control message."""
+        """Send one control message (held back while corked)."""
         self._send_plain(msgs.encode(message))
+
+    def cork(self) -> None:
+        """Hold sealed control messages back until :meth:`flush`.
+
+        Many small replies then leave in one write instead of one each.
+        The caller must flush before it waits for the peer.
+        """
+        if self._held is None:
+            self._held = bytearray()
+
+    def flush(self) -> None:
+        """Send whatever is held back, and stop holding."""
+        held, self._held = self._held, None
+        if held:
+            with translate("send", self.idle, self.peer_role):
+                self.sock.sendall(held)
 
     def data_buffer(self) -> memoryview:
         """A buffer to fill with the next chunk before :meth:`send_data`."""
@@ -221,6 +240,10 @@ class Channel:
         with translate("send", self.idle, self.peer_role):
             out = memoryview(self._wire_out)
             total = self._sealer.seal_into(plaintext, out)
+            if self._held is not None and len(self._held) < MAX_HELD:
+                self._held += out[:total]
+                return
+            self.flush()
             self.sock.sendall(out[:total])
 
     @property

@@ -7,6 +7,7 @@ because connect() takes a host and port.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -31,6 +32,7 @@ from filexfer.noise import HandshakeState
 from filexfer.records import MAX_PLAINTEXT
 from filexfer.session import (
     MAX_HANDSHAKE_MESSAGE,
+    MAX_HELD,
     PROLOGUE,
     Channel,
     Timeouts,
@@ -540,3 +542,46 @@ def test_connect_to_a_closed_port_is_a_connect_error() -> None:
 
     assert type(caught.value) is ConnectError
     assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+# -- corked replies --------------------------------------------------------
+
+
+def _pending(sock: socket.socket) -> int:
+    """Bytes waiting to be read on sock, without reading them."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return len(sock.recv(1 << 20, socket.MSG_PEEK)) if readable else 0
+
+
+def test_corked_messages_wait_for_flush_and_keep_their_order(
+    pair: tuple[Channel, Channel],
+) -> None:
+    left, right = pair
+    right.cork()
+    for file_id in range(5):
+        right.send(msgs.Accept(file_id, 0))
+    assert _pending(left.sock) == 0
+
+    right.flush()
+
+    assert [left.recv() for _ in range(5)] == [msgs.Accept(i, 0) for i in range(5)]
+    right.send(msgs.Close())  # no longer corked: goes at once
+    assert left.recv() == msgs.Close()
+
+
+def test_cork_never_holds_more_than_its_limit(pair: tuple[Channel, Channel]) -> None:
+    left, right = pair
+    reason = "r" * 1000
+    count = MAX_HELD // 1000 + 5
+    received: list[msgs.Message] = []
+    reader = threading.Thread(
+        target=lambda: received.extend(left.recv() for _ in range(count))
+    )
+    reader.start()
+    right.cork()
+    for file_id in range(count):
+        right.send(msgs.Reject(file_id, Code.BAD_PATH, reason))
+    # Past the limit everything went out without a flush.
+    reader.join(timeout=20)
+    assert not reader.is_alive()
+    assert received == [msgs.Reject(i, Code.BAD_PATH, reason) for i in range(count)]
