@@ -39,8 +39,6 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import select
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -223,7 +221,7 @@ class ReceiveSession:
         socket and sent together, in one write, before this side would
         block: the sender never waits on a reply held here.
         """
-        if _readable(self.channel.sock, 0):
+        if self.channel.input_waiting():
             self.channel.cork()
         else:
             self.channel.flush()
@@ -403,10 +401,10 @@ class ReceiveSession:
         file; a sender that has finished gets its confirmations after at
         most FLUSH_PAUSE.
         """
-        if _readable(self.channel.sock, 0):
+        if self.channel.input_waiting():
             return True
         self.channel.flush()  # the sender may be waiting for a held reply
-        return _readable(self.channel.sock, FLUSH_PAUSE)
+        return self.channel.input_waiting(FLUSH_PAUSE)
 
     def _flush(self) -> None:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
@@ -501,8 +499,3 @@ class ReceiveSession:
         self.queue.clear()
         self.batch.clear()
         self.store.close_dirs()
-
-
-def _readable(sock: socket.socket, wait: float) -> bool:
-    readable, _, _ = select.select([sock], [], [], wait)
-    return bool(readable)

@@ -31,6 +31,7 @@ timeouts, record, message and Noise errors) become filexfer errors.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 import time
@@ -64,6 +65,9 @@ PROLOGUE = b"filexfer/1/Noise_XX_25519_AESGCM_SHA256"
 MAX_HANDSHAKE_MESSAGE = 1024
 _FRAME = struct.Struct(">H")
 CHUNK_SIZE = 1 << 20
+# Input is read in blocks of this size, so that small records do not cost
+# a system call each.
+INBOX_SIZE = 256 << 10
 # Corked replies are sent once this much is held, whatever else happens.
 MAX_HELD = 64 << 10
 
@@ -190,6 +194,8 @@ class Channel:
         self._wire_in = bytearray(max_in + TAG_LEN)
         self._plain_in = bytearray(max_in)
         self._held: bytearray | None = None
+        self._inbox = bytearray(INBOX_SIZE)
+        self._inbox_start = self._inbox_end = 0
         sock.settimeout(idle)
 
     @property
@@ -262,16 +268,49 @@ class Channel:
         plain = memoryview(self._plain_in) if into is None else into
         with translate("receive", self.idle, self.peer_role):
             header = bytearray(HEADER_LEN)
-            _recv_exact(self.sock, memoryview(header))
+            self._read_exact(memoryview(header))
             length = parse_length(bytes(header), self._max_in)
             body = memoryview(self._wire_in)[:length]
-            _recv_exact(self.sock, body)
+            self._read_exact(body)
             size = self._opener.open_into(bytes(header), body, plain)
             message = msgs.decode(plain[:size])
         if isinstance(message, msgs.Error):
             reason = printable(message.reason)
             raise from_code(message.code, f"{self.peer_role}: {reason}")
         return message
+
+    def input_waiting(self, wait: float = 0) -> bool:
+        """Whether input is here, already read or on the socket, within wait."""
+        if self._inbox_end > self._inbox_start:
+            return True
+        readable, _, _ = select.select([self.sock], [], [], wait)
+        return bool(readable)
+
+    def _read_exact(self, view: memoryview) -> None:
+        """Fill view with the next input bytes.
+
+        Small records would cost a system call or two each; instead the
+        socket is read in blocks of up to INBOX_SIZE and records are cut
+        from that.  A large record body is read straight into place.
+        """
+        inbox = memoryview(self._inbox)
+        take = min(self._inbox_end - self._inbox_start, len(view))
+        view[:take] = inbox[self._inbox_start : self._inbox_start + take]
+        self._inbox_start += take
+        view = view[take:]
+        if not view:
+            return
+        if len(view) >= INBOX_SIZE // 2:
+            _recv_exact(self.sock, view)
+            return
+        self._inbox_start = self._inbox_end = 0
+        while self._inbox_end < len(view):
+            count = self.sock.recv_into(inbox[self._inbox_end :])
+            if count == 0:
+                raise EOFError("peer closed the connection")
+            self._inbox_end += count
+        view[:] = inbox[: len(view)]
+        self._inbox_start = len(view)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

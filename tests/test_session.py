@@ -585,3 +585,56 @@ def test_cork_never_holds_more_than_its_limit(pair: tuple[Channel, Channel]) -> 
     reader.join(timeout=20)
     assert not reader.is_alive()
     assert received == [msgs.Reject(i, Code.BAD_PATH, reason) for i in range(count)]
+
+
+# -- buffered input --------------------------------------------------------
+
+
+def test_small_and_large_records_read_through_the_inbox(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """Many small records, then one larger than the inbox, then more."""
+    left, right = pair
+    chunk = bytes(range(256)) * (left.chunk_size // 256)
+    expected: list[msgs.Message] = [msgs.Accept(i, 0) for i in range(300)]
+    sender = threading.Thread(target=lambda: _send_mixed(left, chunk))
+    sender.start()
+    got = [right.recv() for _ in range(300)]
+    data = right.recv()
+    assert isinstance(data, msgs.Data)
+    assert bytes(data.payload) == chunk  # valid only until the next recv
+    tail = [right.recv() for _ in range(3)]
+    sender.join(timeout=20)
+    assert got == expected
+    assert tail == [msgs.Done(i, bytes(32)) for i in range(3)]
+
+
+def _send_mixed(channel: Channel, chunk: bytes) -> None:
+    channel.cork()
+    for file_id in range(300):
+        channel.send(msgs.Accept(file_id, 0))
+    channel.flush()
+    buffer = channel.data_buffer()
+    buffer[: len(chunk)] = chunk
+    channel.send_data(len(chunk))
+    channel.cork()
+    for file_id in range(3):
+        channel.send(msgs.Done(file_id, bytes(32)))
+    channel.flush()
+
+
+def test_input_waiting_counts_what_was_already_read(
+    pair: tuple[Channel, Channel],
+) -> None:
+    left, right = pair
+    left.cork()
+    left.send(msgs.Accept(0, 0))
+    left.send(msgs.Accept(1, 0))
+    left.flush()
+    assert right.input_waiting(5)
+    assert right.recv() == msgs.Accept(0, 0)
+    # Both records came in one read: the second is buffered, the socket empty.
+    assert _pending(right.sock) == 0
+    assert right.input_waiting()
+    assert right.recv() == msgs.Accept(1, 0)
+    assert not right.input_waiting()
