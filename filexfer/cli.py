@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -379,8 +380,15 @@ def _root_option(text: str | None) -> Path:
     if not text:
         raise UsageError("--dir is empty", hint="name the directory to receive into")
     root = Path(text)
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"--dir {root} is not a directory")
+    try:
+        info = root.stat()
+    except FileNotFoundError:
+        return root
+    except OSError as exc:
+        shown = printable(str(root))
+        raise UsageError(f"cannot use --dir {shown}: {os_reason(exc)}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"--dir {printable(str(root))} is not a directory")
     return root
 
 

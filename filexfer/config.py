@@ -31,7 +31,9 @@ reading the one file.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,19 +235,48 @@ def load(given: str | None, parse_address: AddressParser) -> Config:
     if given == "":
         raise UsageError("--config is empty", hint="name a config file")
     path = Path(given) if given is not None else config_dir() / CONFIG_FILE
+    shown = printable(str(path))
     try:
-        data = path.read_bytes()
+        data = _read_config(path)
     except FileNotFoundError:
         if given is not None:
-            raise UsageError(f"config file {path} does not exist") from None
+            raise UsageError(f"config file {shown} does not exist") from None
         return Config(path, {}, {}, {})
     except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {os_reason(exc)}") from exc
+        raise UsageError(f"cannot read config file {shown}: {os_reason(exc)}") from exc
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"config file {path} is not UTF-8 text") from None
-    return parse(text, path, parse_address)
+        raise UsageError(f"config file {shown} is not UTF-8 text") from None
+    return parse(text.removeprefix("\ufeff"), path, parse_address)
+
+
+# A config file is a few lines; anything near this is not one.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config(path: Path) -> bytes:
+    """The file's bytes, if it is a small regular file only its owner writes.
+
+    Opened without blocking, so that a FIFO cannot hang a backup job, and
+    read up to a cap, so that /dev/zero cannot fill the memory.  A file
+    that others may write is refused: it decides which receiver keys are
+    trusted.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"config file {printable(str(path))} is not a file")
+        if info.st_mode & 0o022:
+            raise UsageError(
+                f"config file {printable(str(path))} is writable by others",
+                hint=f"chmod go-w {printable(str(path))}",
+            )
+        data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {printable(str(path))} is too large")
+    return data
 
 
 def parse(text: str, path: Path, parse_address: AddressParser) -> Config:
@@ -258,7 +289,11 @@ def parse(text: str, path: Path, parse_address: AddressParser) -> Config:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         why = str(exc)
-        raise UsageError(f"{path}: {why[:1].lower()}{why[1:]}") from None
+        raise UsageError(
+            f"{printable(str(path))}: not valid TOML: {why[:1].lower()}{why[1:]}"
+        ) from None
+    except RecursionError:
+        raise UsageError(f"{printable(str(path))}: nested too deeply") from None
     return _Parser(path, parse_address).config(document)
 
 
@@ -358,7 +393,7 @@ class _Parser:
         return self.error(f"[{section}] {key}: {exc}", hint=exc.hint)
 
     def error(self, message: str, hint: str | None = None) -> UsageError:
-        return UsageError(f"{self.path}: {message}", hint=hint)
+        return UsageError(f"{printable(str(self.path))}: {message}", hint=hint)
 
 
 def _unknown(name: str, value: object) -> str:

@@ -25,8 +25,9 @@ Commits are batched so that ten thousand small files do not cost ten
 thousand fsyncs: a batch is made durable in one go (``fsync`` for a
 single file, ``syncfs`` for several), then each part is linked or renamed
 to its final name, the directories are synced, and only then is ``Done``
-sent for each file.  A batch is flushed when it is full, when no more
-bytes arrive within a short pause, and at ``Close``.
+sent for each file.  A batch is flushed when it is full, a second old,
+when no more bytes arrive within a short pause, before a large file
+starts, and at ``Close``.
 
 Anything that breaks the protocol (data for a file that was not accepted,
 more bytes than offered, an unknown id) ends the session with ``Error``;
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 BATCH_FILES = 128
 BATCH_BYTES = 256 << 20
+BATCH_SECONDS = 1.0
 # An honest sender keeps at most sender.OFFER_WINDOW (64) offers ahead of
 # the file it streams; far more is a flood, and every pending offer costs
 # memory here.
@@ -177,6 +179,7 @@ class ReceiveSession:
         self.queue: collections.deque[_Incoming] = collections.deque()
         self.batch: list[_Incoming] = []
         self.batch_bytes = 0
+        self.batch_started = 0.0
         self.names: set[str] = set()
         self.next_id = 0
         self.committed = 0
@@ -277,6 +280,12 @@ class ReceiveSession:
             raise ProtocolError("data for a file that was not accepted")
         incoming = self.queue[0]
         if incoming.part is None and not incoming.discarding:
+            if incoming.offer.size >= LARGE_FILE:
+                # Files already complete are committed and confirmed now,
+                # not after this one: an interruption must not cost them.
+                # (Before the part is opened: a flush closes the cached
+                # directory descriptors that an open part would hold.)
+                self._flush()
             incoming.started = time.monotonic()
             incoming.hasher = blake3()
             try:
@@ -384,11 +393,14 @@ class ReceiveSession:
     # -- commits --------------------------------------------------------
 
     def _add_to_batch(self, incoming: _Incoming) -> None:
+        if not self.batch:
+            self.batch_started = time.monotonic()
         self.batch.append(incoming)
         self.batch_bytes += incoming.offer.size
         if (
             len(self.batch) >= BATCH_FILES
             or self.batch_bytes >= BATCH_BYTES
+            or time.monotonic() - self.batch_started >= BATCH_SECONDS
             or not self._more_waiting()
         ):
             self._flush()

@@ -393,6 +393,21 @@ def test_recv_dir_that_cannot_be_a_directory_exits_2(
     assert blocker.read_text() == "a file\n"
 
 
+@pytest.mark.parametrize("below", [False, True])
+def test_recv_dir_with_a_name_too_long_exits_2(
+    receiver_home: Path, tmp_path: Path, below: bool
+) -> None:
+    root = tmp_path / ("k" * 300)
+    if below:
+        root = root / "incoming"
+
+    done = cli(
+        ["recv", "--dir", root, "--listen", "127.0.0.1:0"], receiver_home, timeout=30
+    )
+
+    assert_one_error(done, 2, "file name too long")
+
+
 def test_recv_refuses_to_start_with_a_malformed_authorized_senders(
     receiver_home: Path, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ or [recv], then the built-in default.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
@@ -654,3 +655,71 @@ def test_recv_flags_win_over_the_file(
     assert done.returncode == 0, done.stderr
     assert sha256(tmp_path / "out" / "long-name.bin") == sha256(long)
     assert not (receiver_home / "incoming").exists()
+
+
+def test_cli_config_that_is_a_fifo_is_refused_without_waiting(
+    sender_home: Path,
+) -> None:
+    fifo = sender_home / "fifo.toml"
+    os.mkfifo(fifo)
+
+    done = cli(["--config", fifo, "put", "a.txt", "b"], sender_home, timeout=20)
+
+    assert_usage_error(done, f"config file {fifo} is not a file")
+
+
+def test_cli_config_device_is_refused(sender_home: Path) -> None:
+    done = cli(["--config", "/dev/zero", "recv"], sender_home, timeout=20)
+
+    assert_usage_error(done, "config file /dev/zero is not a file")
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_cli_config_writable_by_others_is_refused(sender_home: Path, mode: int) -> None:
+    path = sender_home / config.CONFIG_FILE
+    path.write_text("[put]\nquiet = true\n")
+    path.chmod(mode)
+
+    done = cli(["put", "a.txt", "b"], sender_home)
+
+    assert_usage_error(done, f"config file {path} is writable by others")
+    assert f"chmod go-w {path}" in done.stderr
+
+
+def test_cli_config_nested_too_deeply_is_a_usage_error(sender_home: Path) -> None:
+    path = sender_home / config.CONFIG_FILE
+    path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+
+    done = cli(["put", "a.txt", "b"], sender_home)
+
+    assert_usage_error(done, f"{path}: nested too deeply")
+
+
+def test_cli_config_larger_than_the_cap_is_refused(sender_home: Path) -> None:
+    path = sender_home / config.CONFIG_FILE
+    path.write_text("# " + "x" * config.MAX_CONFIG_BYTES + "\n")
+
+    done = cli(["put", "a.txt", "b"], sender_home)
+
+    assert_usage_error(done, f"config file {path} is too large")
+
+
+def test_parse_accepts_a_byte_order_mark(sender_home: Path) -> None:
+    path = sender_home / config.CONFIG_FILE
+    path.write_bytes(b"\xef\xbb\xbf[put]\nquiet = true\n")
+
+    loaded = config.load(str(path), _split_address)
+
+    assert loaded.put == {"quiet": True}
+
+
+def test_cli_config_path_with_control_characters_is_shown_escaped(
+    sender_home: Path,
+) -> None:
+    odd = sender_home / "a\nb\x1b[31m.toml"
+
+    done = cli(["--config", odd, "put", "a.txt", "b"], sender_home)
+
+    assert done.returncode == 2
+    first = done.stderr.splitlines()[0]
+    assert "\\n" in first and "\\x1b" in first and "does not exist" in first

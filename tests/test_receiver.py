@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from filexfer.receiver import LARGE_FILE
+from tests.attackers import Proxy, Tamper, put_process, running
 from tests.helpers import Pair, leftovers, random_file, sha256
 
 MiB = 1 << 20
@@ -63,3 +64,30 @@ def test_many_small_files_are_all_durable_and_confirmed(pair: Pair) -> None:
     assert arrived == sorted(f"many/{r['name'].split('/', 1)[1]}" for r in reports)
     assert leftovers(pair.receiver.root) == []
     pair.receiver.wait_for_log(r"event=session\.end .* files=600")
+
+
+def test_small_files_are_committed_before_a_large_file_streams(pair: Pair) -> None:
+    """A finished small file must not wait, uncommitted, behind a large one.
+
+    The stream is held in the middle of the large file: by then the small
+    file must be on disk under its name and logged complete.
+    """
+    small = pair.tmp / "first-small.txt"
+    small.write_bytes(b"small and done\n")
+    large = random_file(pair.tmp / "then-large.bin", LARGE_FILE + MiB)
+    args = ["put", "--fingerprint", pair.receiver_fingerprint, small, large]
+
+    with Proxy(pair.receiver.port, Tamper(hold_at=4 * MiB)) as proxy:
+        process = put_process([*args, proxy.address], pair.sender_home)
+        with running(process):
+            assert proxy.holding.wait(20)
+            pair.receiver.wait_for_log(r"transfer\.complete .*path=first-small\.txt")
+            assert (pair.receiver.root / "first-small.txt").read_bytes() == (
+                b"small and done\n"
+            )
+            assert not (pair.receiver.root / "then-large.bin").exists()
+            proxy.release()
+            _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 0, stderr
+    assert sha256(pair.receiver.root / "then-large.bin") == sha256(large)
