@@ -476,16 +476,6 @@ def _verifier(
     return verify
 
 
-def _connect(
-    host: str,
-    port: int,
-    identity: Identity,
-    verify: Callable[[bytes], None],
-    timeouts: Timeouts,
-) -> Channel:
-    return connect(host, port, identity, verify, timeouts)
-
-
 def _connect_trusting(
     host: str,
     port: int,
@@ -499,7 +489,7 @@ def _connect_trusting(
     ask = sys.stdin.isatty() and sys.stderr.isatty()
     verify = _verifier(address, accept_new, given, ask)
     try:
-        return _connect(host, port, identity, verify, timeouts)
+        return connect(host, port, identity, verify, timeouts)
     except _UnknownKeyError as unknown:
         presented = unknown.key
 
@@ -513,7 +503,7 @@ def _connect_trusting(
             hint="check the fingerprint with the receiver's owner ('filexfer id')",
         )
     KnownReceivers().pin(address, presented)
-    return _connect(host, port, identity, verify, timeouts)
+    return connect(host, port, identity, verify, timeouts)
 
 
 class _Progress:
