@@ -476,6 +476,18 @@ def _verifier(
     return verify
 
 
+def _confirm(question: str) -> bool:
+    """Ask yes or no on the terminal; end of input (Ctrl-D) is a no.
+
+    Ctrl-C still interrupts (exit 130).
+    """
+    click.echo(f"{question} [y/N]: ", nl=False, err=True)
+    answer = sys.stdin.readline()
+    if not answer:
+        click.echo(err=True)
+    return answer.strip().lower() in ("y", "yes")
+
+
 def _connect_trusting(
     host: str,
     port: int,
@@ -497,7 +509,7 @@ def _connect_trusting(
     # A yes pins the key; the next connection must then show that key.
     shown = fingerprint(presented)
     click.echo(f"filexfer: receiver {address} has key {shown}", err=True)
-    if not click.confirm("Trust this key from now on?", err=True, default=False):
+    if not _confirm("Trust this key from now on?"):
         raise TrustError(
             f"receiver key {shown} for {address} not trusted",
             hint="check the fingerprint with the receiver's owner ('filexfer id')",

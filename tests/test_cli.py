@@ -242,6 +242,18 @@ def test_put_interactive_no_exits_4_and_pins_nothing(pair: Pair, source: Path) -
     assert "event=session.start" not in pair.receiver.log()
 
 
+def test_put_interactive_end_of_input_is_a_no(pair: Pair, source: Path) -> None:
+    """Ctrl-D at the trust prompt declines (exit 4); it is not an interrupt."""
+    code, stdout, terminal = interactive_put(pair, "\x04", lambda: None, source)
+
+    assert code == 4
+    assert stdout == ""
+    assert "not trusted" in terminal
+    assert "interrupted" not in terminal
+    assert not (pair.sender_home / KNOWN_FILE).exists()
+    assert nothing_arrived(pair.receiver)
+
+
 def test_put_interactive_yes_then_a_different_key_exits_4(
     pair: Pair, source: Path, tmp_path: Path
 ) -> None:
