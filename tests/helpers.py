@@ -276,6 +276,21 @@ def handshake_in_memory(
     return JoinedKeys(initiator, responder, left_send.key, right_send.key)
 
 
+def _initiator_channel(
+    sock: socket.socket, keys: JoinedKeys, idle: float, max_plaintext: int
+) -> Channel:
+    """The initiator's side of an in-memory handshake, as a channel."""
+    return Channel(
+        sock,
+        keys.initiator_send,
+        keys.responder_send,
+        keys.responder.public,
+        max_plaintext,
+        max_plaintext,
+        idle,
+    )
+
+
 def channel_pair(
     *, idle: float = 10.0, max_plaintext: int = MAX_PLAINTEXT
 ) -> tuple[Channel, Channel]:
@@ -286,15 +301,7 @@ def channel_pair(
     """
     keys = handshake_in_memory()
     left_sock, right_sock = socket.socketpair()
-    left = Channel(
-        left_sock,
-        keys.initiator_send,
-        keys.responder_send,
-        keys.responder.public,
-        max_plaintext,
-        max_plaintext,
-        idle,
-    )
+    left = _initiator_channel(left_sock, keys, idle, max_plaintext)
     right = Channel(
         right_sock,
         keys.responder_send,
@@ -343,15 +350,7 @@ def channel_and_raw_end(
     """A channel (as initiator) whose peer is a :class:`RawEnd`."""
     keys = handshake_in_memory()
     ours, theirs = socket.socketpair()
-    channel = Channel(
-        ours,
-        keys.initiator_send,
-        keys.responder_send,
-        keys.responder.public,
-        max_plaintext,
-        max_plaintext,
-        idle,
-    )
+    channel = _initiator_channel(ours, keys, idle, max_plaintext)
     end = RawEnd(
         theirs, Sealer(keys.responder_send), RecordDecoder(keys.initiator_send)
     )

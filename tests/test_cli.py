@@ -36,7 +36,6 @@ from tests.helpers import (
     closed_port,
     identity_fingerprint,
     new_identity,
-    quick_pair_maker,
     random_file,
     sha256,
 )
@@ -62,17 +61,6 @@ def assert_one_error(
     for needle in needles:
         assert needle in done.stderr
     return message
-
-
-@pytest.fixture
-def make_pair(
-    tmp_path: Path,
-    sender_home: Path,
-    receiver_home: Path,
-    start_receiver: Callable[..., Receiver],
-) -> Callable[..., Pair]:
-    """conftest's make_pair (and so pair), with keys set up in-process."""
-    return quick_pair_maker(tmp_path, sender_home, receiver_home, start_receiver)
 
 
 @pytest.fixture

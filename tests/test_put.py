@@ -33,7 +33,6 @@ from tests.helpers import (
     cli,
     filexfer_command,
     leftovers,
-    quick_pair_maker,
     random_file,
     sha256,
     tree_digests,
@@ -45,17 +44,6 @@ CHUNK = 1 << 20  # the sender's default Data size
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_pair(
-    tmp_path: Path,
-    sender_home: Path,
-    receiver_home: Path,
-    start_receiver: Callable[..., Receiver],
-) -> Callable[..., Pair]:
-    """conftest's make_pair (and so pair), with keys set up in-process."""
-    return quick_pair_maker(tmp_path, sender_home, receiver_home, start_receiver)
 
 
 def assert_success(done: subprocess.CompletedProcess[str], files: int) -> None:
