@@ -218,21 +218,21 @@ class Pair:
     tmp: Path
     receiver_fingerprint: str
 
+    def put_args(self, *args: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+        """`put --fingerprint FP ARGS... 127.0.0.1:PORT` as CLI arguments."""
+        return [
+            "put",
+            "--fingerprint",
+            self.receiver_fingerprint,
+            *args,
+            self.receiver.address,
+        ]
+
     def put(
         self, *args: str | os.PathLike[str], timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """`filexfer put ARGS... 127.0.0.1:PORT`, pinning by fingerprint."""
-        return cli(
-            [
-                "put",
-                "--fingerprint",
-                self.receiver_fingerprint,
-                *args,
-                self.receiver.address,
-            ],
-            self.sender_home,
-            timeout=timeout,
-        )
+        return cli(self.put_args(*args), self.sender_home, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------

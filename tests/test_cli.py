@@ -651,16 +651,7 @@ def test_put_quiet_still_reports_errors(pair: Pair, source: Path) -> None:
 
 
 def terminal_put(pair: Pair, *args: str | Path) -> tuple[int, str, str]:
-    run = cli_on_terminal(
-        [
-            "put",
-            "--fingerprint",
-            pair.receiver_fingerprint,
-            *args,
-            pair.receiver.address,
-        ],
-        pair.sender_home,
-    )
+    run = cli_on_terminal(pair.put_args(*args), pair.sender_home)
     return run.returncode, run.stdout, run.terminal
 
 
@@ -756,16 +747,7 @@ def test_recv_once_is_not_used_up_by_a_stranger(
     stranger_home = tmp_path / "stranger"
     stranger_home.mkdir()
 
-    refused = cli(
-        [
-            "put",
-            "--fingerprint",
-            pair.receiver_fingerprint,
-            source,
-            pair.receiver.address,
-        ],
-        stranger_home,
-    )
+    refused = cli(pair.put_args(source), stranger_home)
     pair.receiver.wait_for_log(r"event=session\.unauthorized")
 
     assert refused.returncode == 4

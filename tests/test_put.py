@@ -74,13 +74,7 @@ def write(path: Path, data: bytes) -> Path:
 def start_put(pair: Pair, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
     """`put` as a background process (for killing it, or running two)."""
     return subprocess.Popen(
-        filexfer_command(
-            "put",
-            "--fingerprint",
-            pair.receiver_fingerprint,
-            *args,
-            pair.receiver.address,
-        ),
+        filexfer_command(*pair.put_args(*args)),
         env=base_env(pair.sender_home),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -135,15 +129,7 @@ def put_unprivileged(
 ) -> subprocess.CompletedProcess[str]:
     """`put` with file permissions applying, as they would for a user."""
     return subprocess.run(
-        as_unprivileged(
-            filexfer_command(
-                "put",
-                "--fingerprint",
-                pair.receiver_fingerprint,
-                *args,
-                pair.receiver.address,
-            )
-        ),
+        as_unprivileged(filexfer_command(*pair.put_args(*args))),
         env=base_env(pair.sender_home),
         stdin=subprocess.DEVNULL,
         capture_output=True,
