@@ -203,7 +203,7 @@ class ReceiveSession:
 
     def _serve(self) -> None:
         while True:
-            self._reply_before_waiting()
+            self._before_receiving()
             buffer = self.writer.buffer()
             message = self.channel.recv(buffer)
             if isinstance(message, msgs.Data):
@@ -217,17 +217,28 @@ class ReceiveSession:
                 return
             self._dispatch(message)
 
-    def _reply_before_waiting(self) -> None:
-        """Batch replies while the sender's records are already here.
+    def _before_receiving(self) -> None:
+        """Batch replies while input is here; commit a batch that has aged.
 
         Accepts and Dones are held back while more input is waiting on the
         socket and sent together, in one write, before this side would
-        block: the sender never waits on a reply held here.
+        block: the sender never waits on a reply held here.  Finished files
+        wait at most BATCH_SECONDS for their commit, whether the next file
+        is still streaming or the sender has gone quiet.
         """
         if self.channel.input_waiting():
             self.channel.cork()
-        else:
-            self.channel.flush()
+            if self.batch and self._batch_age() >= BATCH_SECONDS:
+                self._flush()
+            return
+        self.channel.flush()
+        if self.batch:
+            left = max(0.0, BATCH_SECONDS - self._batch_age())
+            if not self.channel.input_waiting(left):
+                self._flush()
+
+    def _batch_age(self) -> float:
+        return time.monotonic() - self.batch_started
 
     def _dispatch(self, message: msgs.Message) -> None:
         if isinstance(message, msgs.Offer):
@@ -283,8 +294,6 @@ class ReceiveSession:
             if incoming.offer.size >= LARGE_FILE:
                 # Files already complete are committed and confirmed now,
                 # not after this one: an interruption must not cost them.
-                # (Before the part is opened: a flush closes the cached
-                # directory descriptors that an open part would hold.)
                 self._flush()
             incoming.started = time.monotonic()
             incoming.hasher = blake3()
@@ -400,7 +409,7 @@ class ReceiveSession:
         if (
             len(self.batch) >= BATCH_FILES
             or self.batch_bytes >= BATCH_BYTES
-            or time.monotonic() - self.batch_started >= BATCH_SECONDS
+            or self._batch_age() >= BATCH_SECONDS
             or not self._more_waiting()
         ):
             self._flush()
@@ -443,7 +452,9 @@ class ReceiveSession:
         for item in batch:
             if not item.discarding:
                 self._confirm(item)
-        self.store.close_dirs()
+        if not any(item.part for item in self.queue):
+            # A part still streaming holds one of the cached descriptors.
+            self.store.close_dirs()
 
     def _finish(self, item: _Incoming) -> None:
         """Check the file's writes and give it the offered mode and mtime."""

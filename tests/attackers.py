@@ -206,6 +206,7 @@ class Tamper:
     cut_at: int | None = None  # forward this many bytes, then cut both ways
     cut_after_record: int | None = None
     hold_at: int | None = None  # forward this many bytes, then wait
+    hold_at_boundary: bool = False  # wait after the record that crosses hold_at
 
 
 @dataclass
@@ -339,6 +340,12 @@ class _Output:
     def _hold_if_due(self, raw: bytes) -> bytes:
         tamper, proxy = self.tamper, self.link.proxy
         if tamper is None or tamper.hold_at is None or proxy.released.is_set():
+            return raw
+        if tamper.hold_at_boundary:
+            if self.sent < tamper.hold_at:
+                return raw
+            proxy.holding.set()
+            proxy.released.wait()
             return raw
         if self.sent + len(raw) < tamper.hold_at:
             return raw

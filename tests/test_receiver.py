@@ -91,3 +91,35 @@ def test_small_files_are_committed_before_a_large_file_streams(pair: Pair) -> No
 
     assert process.returncode == 0, stderr
     assert sha256(pair.receiver.root / "then-large.bin") == sha256(large)
+
+
+def test_finished_file_is_committed_within_a_second_while_the_next_streams(
+    pair: Pair,
+) -> None:
+    """The batch has an age limit, whatever the next (smaller) file does.
+
+    The stream is held between two records of a file below the large-file
+    size, long past a second: the finished file before it must be committed
+    meanwhile.  (Within a record the receiver is reading, it checks at the
+    record's end.)
+    """
+    small = pair.tmp / "done-first.txt"
+    small.write_bytes(b"finished\n")
+    medium = random_file(pair.tmp / "still-coming.bin", LARGE_FILE - MiB)
+
+    hold = Tamper(hold_at=3 * MiB, hold_at_boundary=True)
+    with Proxy(pair.receiver.port, hold) as proxy:
+        args = ["put", "--fingerprint", pair.receiver_fingerprint, small, medium]
+        process = put_process([*args, proxy.address], pair.sender_home)
+        with running(process):
+            assert proxy.holding.wait(20)
+            pair.receiver.wait_for_log(
+                r"transfer\.complete .*path=done-first\.txt", timeout=10
+            )
+            assert (pair.receiver.root / "done-first.txt").read_bytes() == b"finished\n"
+            proxy.release()
+            _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 0, stderr
+    assert sha256(pair.receiver.root / "still-coming.bin") == sha256(medium)
+    assert leftovers(pair.receiver.root) == []
