@@ -42,6 +42,7 @@ class Code(enum.IntEnum):
     NOT_AUTHORIZED = 4
     BUSY = 5
     TIMEOUT = 6
+    READ_ONLY = 7
     EXISTS = 10
     BAD_PATH = 11
     NO_SPACE = 12
@@ -167,6 +168,8 @@ def from_code(code: int, message: str) -> FilexferError:
         return RefusedError(message, known)
     if known is Code.NOT_AUTHORIZED:
         return TrustError(message, hint=_NOT_AUTHORIZED_HINT)
+    if known is Code.READ_ONLY:
+        return TrustError(message)
     if known is Code.TIMEOUT:
         return PeerTimeoutError(message)
     if known is Code.BUSY:

@@ -45,6 +45,9 @@ class Kind(enum.IntEnum):
     DONE = 0x13
     CLOSE = 0x20
     ERROR = 0x21
+    LIST = 0x30
+    ENTRY = 0x31
+    GET = 0x32
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,11 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """Sender proposes a file: id in job order, relative name, metadata."""
+    """Sender proposes a file (or a directory): id in job order, name, metadata.
+
+    ``fresh`` asks the receiver not to reuse anything it holds (no resume,
+    no skip); ``directory`` offers an empty folder to create.
+    """
 
     file_id: int
     size: int
@@ -65,12 +72,22 @@ class Offer:
     mode: int
     overwrite: bool
     name: str
+    fresh: bool = False
+    directory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Accept:
+    """Receiver takes the file; with a digest, it already holds a prefix.
+
+    ``digest`` is the BLAKE3 of the first ``offset`` bytes the receiver
+    holds (the whole file when offset equals the size); the sender sends
+    only what follows, after checking that its own prefix has that digest.
+    """
+
     file_id: int
     offset: int
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,22 +145,80 @@ class Error:
     reason: str
 
 
-Message = Hello | Offer | Accept | Reject | Data | End | Abort | Done | Close | Error
+@dataclass(frozen=True, slots=True)
+class List:
+    """Initiator asks what is stored under name ("" for everything)."""
+
+    name: str
+    recursive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored file or directory, answering List; digest when known."""
+
+    size: int
+    mtime_ns: int
+    mode: int
+    directory: bool
+    digest: bytes | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Initiator asks for a stored file or tree; ``last`` ends the requests."""
+
+    name: str
+    recursive: bool
+    last: bool
+
+
+Message = (
+    Hello
+    | Offer
+    | Accept
+    | Reject
+    | Data
+    | End
+    | Abort
+    | Done
+    | Close
+    | Error
+    | List
+    | Entry
+    | Get
+)
+
+OFFER_OVERWRITE = 0x01
+OFFER_FRESH = 0x02
+OFFER_DIRECTORY = 0x04
+ENTRY_DIRECTORY = 0x01
+ENTRY_DIGEST = 0x02
+GET_RECURSIVE = 0x01
+GET_LAST = 0x02
+_NO_DIGEST = bytes(DIGEST_LEN)
 
 # Fixed part of each type's body; a trailing u16-length string follows for
 # the types listed in _WITH_TEXT.
 _LAYOUT: dict[Kind, struct.Struct] = {
     Kind.HELLO: struct.Struct(">HI"),
     Kind.OFFER: struct.Struct(">QQqIB"),
-    Kind.ACCEPT: struct.Struct(">QQ"),
+    Kind.ACCEPT: struct.Struct(">QQB"),
     Kind.REJECT: struct.Struct(">QB"),
     Kind.END: struct.Struct(f">QQ{DIGEST_LEN}s"),
     Kind.ABORT: struct.Struct(">QB"),
     Kind.DONE: struct.Struct(f">Q{DIGEST_LEN}s"),
     Kind.CLOSE: struct.Struct(">"),
     Kind.ERROR: struct.Struct(">B"),
+    Kind.LIST: struct.Struct(">B"),
+    Kind.ENTRY: struct.Struct(f">QqIB{DIGEST_LEN}s"),
+    Kind.GET: struct.Struct(">B"),
 }
-_WITH_TEXT = frozenset({Kind.OFFER, Kind.REJECT, Kind.ABORT, Kind.ERROR})
+_WITH_TEXT = frozenset(
+    {Kind.OFFER, Kind.REJECT, Kind.ABORT, Kind.ERROR, Kind.LIST, Kind.ENTRY, Kind.GET}
+)
+ACCEPT_DIGEST = 0x01
 _TEXT_LEN = struct.Struct(">H")
 
 
@@ -151,10 +226,27 @@ def _fields(message: Message) -> tuple[Kind, tuple[object, ...], str | None]:
     match message:
         case Hello(version, max_plaintext):
             return Kind.HELLO, (version, max_plaintext), None
-        case Offer(file_id, size, mtime_ns, mode, overwrite, name):
-            return Kind.OFFER, (file_id, size, mtime_ns, mode, overwrite), name
-        case Accept(file_id, offset):
-            return Kind.ACCEPT, (file_id, offset), None
+        case Offer(file_id, size, mtime_ns, mode, overwrite, name, fresh, directory):
+            flags = _flags(
+                (overwrite, OFFER_OVERWRITE),
+                (fresh, OFFER_FRESH),
+                (directory, OFFER_DIRECTORY),
+            )
+            return Kind.OFFER, (file_id, size, mtime_ns, mode, flags), name
+        case Accept(file_id, offset, digest):
+            flags = _flags((digest is not None, ACCEPT_DIGEST))
+            return Kind.ACCEPT, (file_id, offset, flags), None
+        case List(name, recursive):
+            return Kind.LIST, (_flags((recursive, GET_RECURSIVE)),), name
+        case Entry(size, mtime_ns, mode, directory, digest, name):
+            flags = _flags(
+                (directory, ENTRY_DIRECTORY), (digest is not None, ENTRY_DIGEST)
+            )
+            values = (size, mtime_ns, mode, flags, digest or _NO_DIGEST)
+            return Kind.ENTRY, values, name
+        case Get(name, recursive, last):
+            flags = _flags((recursive, GET_RECURSIVE), (last, GET_LAST))
+            return Kind.GET, (flags,), name
         case Reject(file_id, code, reason):
             return Kind.REJECT, (file_id, code), reason
         case End(file_id, size, digest):
@@ -170,6 +262,10 @@ def _fields(message: Message) -> tuple[Kind, tuple[object, ...], str | None]:
     raise TypeError(f"cannot encode {type(message).__name__}")
 
 
+def _flags(*bits: tuple[bool, int]) -> int:
+    return sum(bit for on, bit in bits if on)
+
+
 def encode(message: Message) -> bytes:
     """Return the plaintext of one record carrying message."""
     if isinstance(message, Data):
@@ -177,17 +273,26 @@ def encode(message: Message) -> bytes:
     kind, values, text = _fields(message)
     if kind is Kind.ERROR:
         values, text = values[:1], str(values[1])
-    try:
-        body = _LAYOUT[kind].pack(*values)
-    except struct.error:
-        # A size past 2**64 - 1, say: refuse it here, never wrap it.
-        raise ValueError(f"{kind.name.lower()}: a field is out of range") from None
+    body = _pack(kind, _LAYOUT[kind], values)
+    if isinstance(message, Accept) and message.digest is not None:
+        # The receiver's digest of the prefix it holds follows the flags.
+        if len(message.digest) != DIGEST_LEN:
+            raise ValueError("accept: digest must be 32 bytes")
+        body += message.digest
     if kind in _WITH_TEXT:
         raw = (text or "").encode("utf-8")
         if len(raw) > MAX_TEXT:
             raise ValueError("text field too long")
         body += _TEXT_LEN.pack(len(raw)) + raw
     return bytes([kind]) + body
+
+
+def _pack(kind: Kind, layout: struct.Struct, values: tuple[object, ...]) -> bytes:
+    try:
+        return layout.pack(*values)
+    except struct.error:
+        # A size past 2**64 - 1, say: refuse it here, never wrap it.
+        raise ValueError(f"{kind.name.lower()}: a field is out of range") from None
 
 
 def _text(body: memoryview) -> str:
@@ -206,11 +311,24 @@ def _build(kind: Kind, v: tuple[Any, ...], text: str) -> Message:
     if kind is Kind.HELLO:
         return Hello(v[0], v[1])
     if kind is Kind.OFFER:
-        if v[4] not in (0, 1):
-            raise MessageError("bad offer flags")
-        return Offer(v[0], v[1], v[2], v[3], bool(v[4]), text)
-    if kind is Kind.ACCEPT:
-        return Accept(v[0], v[1])
+        flags = _check_flags(
+            "offer", v[4], OFFER_OVERWRITE | OFFER_FRESH | OFFER_DIRECTORY
+        )
+        directory = bool(flags & OFFER_DIRECTORY)
+        if directory and v[1]:
+            raise MessageError("directory offer with a size")
+        overwrite, fresh = bool(flags & OFFER_OVERWRITE), bool(flags & OFFER_FRESH)
+        return Offer(v[0], v[1], v[2], v[3], overwrite, text, fresh, directory)
+    if kind is Kind.LIST:
+        flags = _check_flags("list", v[0], GET_RECURSIVE)
+        return List(text, bool(flags))
+    if kind is Kind.ENTRY:
+        flags = _check_flags("entry", v[3], ENTRY_DIRECTORY | ENTRY_DIGEST)
+        digest = v[4] if flags & ENTRY_DIGEST else None
+        return Entry(v[0], v[1], v[2], bool(flags & ENTRY_DIRECTORY), digest, text)
+    if kind is Kind.GET:
+        flags = _check_flags("get", v[0], GET_RECURSIVE | GET_LAST)
+        return Get(text, bool(flags & GET_RECURSIVE), bool(flags & GET_LAST))
     if kind is Kind.REJECT:
         return Reject(v[0], v[1], text)
     if kind is Kind.END:
@@ -222,6 +340,19 @@ def _build(kind: Kind, v: tuple[Any, ...], text: str) -> Message:
     if kind is Kind.CLOSE:
         return Close()
     return Error(v[0], text)
+
+
+def _accept(v: tuple[Any, ...], rest: memoryview) -> Accept:
+    flags = _check_flags("accept", v[2], ACCEPT_DIGEST)
+    if len(rest) != (DIGEST_LEN if flags else 0):
+        raise MessageError("bad accept length")
+    return Accept(v[0], v[1], bytes(rest) if flags else None)
+
+
+def _check_flags(what: str, flags: int, allowed: int) -> int:
+    if flags & ~allowed:
+        raise MessageError(f"bad {what} flags")
+    return flags
 
 
 def decode(plaintext: memoryview | bytes) -> Message:
@@ -249,6 +380,8 @@ def decode(plaintext: memoryview | bytes) -> Message:
     text = ""
     if kind in _WITH_TEXT:
         text = _text(rest)
+    elif kind is Kind.ACCEPT:
+        return _accept(layout.unpack(fixed), rest)
     elif len(rest):
         raise MessageError(f"trailing bytes after {kind.name.lower()} message")
     return _build(kind, layout.unpack(fixed), text)

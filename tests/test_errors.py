@@ -106,6 +106,7 @@ EXPECTED_FROM_CODE = {
     Code.PROTOCOL: (ProtocolError, 5),
     Code.INTEGRITY: (IntegrityError, 5),
     Code.NOT_AUTHORIZED: (TrustError, 4),
+    Code.READ_ONLY: (TrustError, 4),
     Code.BUSY: (ConnectError, 3),
     Code.TIMEOUT: (PeerTimeoutError, 3),
     Code.EXISTS: (RefusedError, 6),
@@ -136,7 +137,7 @@ def test_from_code_maps_each_wire_code(code: Code) -> None:
         assert error.code is code
 
 
-@pytest.mark.parametrize("code", [0, 7, 18, 99, 255])
+@pytest.mark.parametrize("code", [0, 8, 18, 99, 255])
 def test_from_code_treats_unknown_codes_as_protocol_errors(code: int) -> None:
     error = from_code(code, "odd")
 

@@ -30,7 +30,15 @@ KNOWN: list[tuple[msgs.Message, str]] = [
         msgs.Offer(2**64 - 1, 0, 2**63 - 1, 0, False, ""),
         "01 ffffffffffffffff 0000000000000000 7fffffffffffffff 00000000 00 0000",
     ),
-    (msgs.Accept(2, 0), "02 0000000000000002 0000000000000000"),
+    (
+        msgs.Offer(7, 0, 0, 0o755, False, "d", fresh=True, directory=True),
+        "01 0000000000000007 0000000000000000 0000000000000000 000001ed 06 0001 64",
+    ),
+    (msgs.Accept(2, 0), "02 0000000000000002 0000000000000000 00"),
+    (
+        msgs.Accept(2, 4096, DIGEST_A),
+        "02 0000000000000002 0000000000001000 01" + " ab" * 32,
+    ),
     (msgs.Reject(3, 10, "exists"), "03 0000000000000003 0a 0006 657869737473"),
     (msgs.Data(b"\x00\xff"), "10 00ff"),
     (msgs.Data(b""), "10"),
@@ -43,6 +51,18 @@ KNOWN: list[tuple[msgs.Message, str]] = [
     (msgs.Close(), "20"),
     (msgs.Error(4, "no"), "21 04 0002 6e6f"),
     (msgs.Error(2, "Ü"), "21 02 0002 c39c"),
+    (msgs.List("", False), "30 00 0000"),
+    (msgs.List("a", True), "30 01 0001 61"),
+    (
+        msgs.Entry(5, -1, 0o644, False, None, "a"),
+        "31 0000000000000005 ffffffffffffffff 000001a4 00" + " 00" * 32 + " 0001 61",
+    ),
+    (
+        msgs.Entry(0, 0, 0o755, True, DIGEST_B, "d"),
+        "31 0000000000000000 0000000000000000 000001ed 03" + " cd" * 32 + " 0001 64",
+    ),
+    (msgs.Get("a/b", False, True), "32 02 0003 612f62"),
+    (msgs.Get("c", True, False), "32 01 0001 63"),
 ]
 KNOWN_IDS = [f"{type(m).__name__}-{i}" for i, (m, _) in enumerate(KNOWN)]
 # Every kind but Data, whose end is the end of its record.
@@ -62,9 +82,22 @@ MALFORMED: dict[str, str] = {
     "trailing byte after hello": "00 0001 00100040 00",
     "trailing byte after close": "20 00",
     "truncated accept": "02 0000000000000002 00000000000000",
-    "trailing byte after accept": "02 0000000000000002 0000000000000000 00",
-    "offer flags 2": "01 0000000000000001 0000000000000005 0000000000000000"
-    " 000001a4 02 0003 612f62",
+    "accept without flags": "02 0000000000000002 0000000000000000",
+    "trailing byte after accept": "02 0000000000000002 0000000000000000 00 00",
+    "accept flag without digest": "02 0000000000000002 0000000000000000 01",
+    "accept with a short digest": "02 0000000000000002 0000000000000000 01"
+    + " ab" * 31,
+    "accept flags 2": "02 0000000000000002 0000000000000000 02",
+    "offer flags 8": "01 0000000000000001 0000000000000005 0000000000000000"
+    " 000001a4 08 0003 612f62",
+    "directory offer with a size": "01 0000000000000001 0000000000000005"
+    " 0000000000000000 000001ed 04 0001 64",
+    "list flags 2": "30 02 0000",
+    "entry flags 4": "31 0000000000000005 0000000000000000 000001a4 04"
+    + " 00" * 32
+    + " 0001 61",
+    "get flags 4": "32 04 0001 61",
+    "get without text": "32 01",
     "offer flags 0x81": "01 0000000000000001 0000000000000005 0000000000000000"
     " 000001a4 81 0003 612f62",
     "offer without text length": "01 0000000000000001 0000000000000005"
@@ -142,7 +175,7 @@ def test_reject_malformed_message(wire: str) -> None:
 def test_decode_accepts_a_memoryview_of_a_larger_buffer() -> None:
     buffer = bytearray(msgs.encode(msgs.Accept(7, 0)) + b"unused")
 
-    assert msgs.decode(memoryview(buffer)[:17]) == msgs.Accept(7, 0)
+    assert msgs.decode(memoryview(buffer)[:18]) == msgs.Accept(7, 0)
 
 
 def test_data_payload_is_a_view_of_the_callers_buffer() -> None:
