@@ -47,10 +47,26 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from . import messages as msgs
-from .errors import Code, FilexferError, ProtocolError, RefusedError
+from .errors import (
+    Code,
+    ConnectError,
+    FilexferError,
+    IntegrityError,
+    ProtocolError,
+    RefusedError,
+    from_code,
+)
 from .printable import printable
 from .session import Channel
-from .storage import LocalStore, PartFile, Placement, aligned_buffer, refusal_for
+from .storage import (
+    RESUME_MIN,
+    LocalStore,
+    PartFile,
+    Placement,
+    aligned_buffer,
+    digest_of,
+    refusal_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +80,7 @@ MAX_PENDING = 256
 WRITE_BUFFERS = 6
 LARGE_FILE = 8 << 20
 FLUSH_PAUSE = 0.01
+EMPTY_DIGEST = blake3().digest()
 
 
 @dataclass
@@ -77,6 +94,41 @@ class _Incoming:
     discarding: bool = False
     write_behind: bool = False
     write_error: RefusedError | None = None
+    # The digest of the identical-looking file already under the name, when
+    # the sender was asked to check it instead of sending.
+    existing: bytes | None = None
+    held: int = 0  # bytes a resumed part already had
+
+
+class Watcher:
+    """What a receiving side may add: check offers, hear each file's fate.
+
+    The daemon uses this no-op; ``get`` checks every name the other side
+    offers against what it asked for, and collects per-file results.
+    """
+
+    def admit(self, offer: msgs.Offer) -> msgs.Offer:
+        """Return the offer to act on (renamed, say), or raise ProtocolError."""
+        return offer
+
+    def progress(self, count: int) -> None:
+        """count more bytes of the current file arrived."""
+
+    def finished(
+        self,
+        offer: msgs.Offer,
+        digest: bytes | None,
+        error: FilexferError | None,
+        held: int = 0,
+    ) -> None:
+        """The file is committed (digest) or failed (error).
+
+        ``held`` is how many of its bytes this side already had (a resumed
+        part; the whole size for an identical file that was kept).
+        """
+
+    def closing(self) -> None:
+        """The other side sent Close; raise ProtocolError if that is early."""
 
 
 _Chunk = tuple[_Incoming, memoryview, memoryview]
@@ -172,10 +224,17 @@ def _write_chunk(incoming: _Incoming, payload: memoryview) -> None:
 class ReceiveSession:
     """Receives one job from an authenticated channel into a store."""
 
-    def __init__(self, channel: Channel, store: LocalStore, session_id: str) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        store: LocalStore,
+        session_id: str,
+        watcher: Watcher | None = None,
+    ) -> None:
         self.channel = channel
         self.store = store
         self.session_id = session_id
+        self.watcher = watcher or Watcher()
         self.queue: collections.deque[_Incoming] = collections.deque()
         self.batch: list[_Incoming] = []
         self.batch_bytes = 0
@@ -185,23 +244,34 @@ class ReceiveSession:
         self.committed = 0
         self.writer = _WriteBehind(channel)
 
-    def run(self) -> None:
+    def run(self, first: msgs.Message | None = None) -> None:
         """Serve until the sender's Close; clean up whatever is unfinished.
+
+        ``first`` is a message already read from the channel.  Parts of
+        large files are kept for a resume when the connection was lost;
+        in every other failure they are deleted.
 
         Raises:
             FilexferError: the session failed; the peer has been told when
                 the connection still worked.
         """
+        keep = False
         try:
-            self._serve()
+            self._serve(first)
         except FilexferError as exc:
-            self._tell_peer(exc)
+            keep = isinstance(exc, ConnectError)
+            self.channel.tell(exc)
+            raise
+        except KeyboardInterrupt:
+            keep = True  # get interrupted by its user: resumable later
             raise
         finally:
-            self._discard_unfinished()
+            self._discard_unfinished(keep)
             self.writer.close()
 
-    def _serve(self) -> None:
+    def _serve(self, first: msgs.Message | None) -> None:
+        if first is not None and self._handle(first):
+            return
         while True:
             self._before_receiving()
             buffer = self.writer.buffer()
@@ -210,12 +280,21 @@ class ReceiveSession:
                 self._on_data(memoryview(message.payload), buffer)
                 continue
             self.writer.recycle(buffer)
-            if isinstance(message, msgs.Close):
-                self._flush()
-                self.channel.send(msgs.Close())
-                self.channel.flush()
+            if self._handle(message):
                 return
+
+    def _handle(self, message: msgs.Message) -> bool:
+        """Act on one message other than Data; True after the Close."""
+        if isinstance(message, msgs.Data):
+            raise ProtocolError("data for a file that was not accepted")
+        if not isinstance(message, msgs.Close):
             self._dispatch(message)
+            return False
+        self.watcher.closing()
+        self._flush()
+        self.channel.send(msgs.Close())
+        self.channel.flush()
+        return True
 
     def _before_receiving(self) -> None:
         """Batch replies while input is here; commit a batch that has aged.
@@ -258,20 +337,85 @@ class ReceiveSession:
         if len(self.queue) >= MAX_PENDING:
             raise ProtocolError("too many offers ahead of the data")
         self.next_id += 1
+        offer = self.watcher.admit(offer)
         try:
-            placement = self._reserve(offer)
+            incoming = self._reserve(offer)
         except RefusedError as exc:
             self._log_refusal(offer.name, exc)
             self.channel.send(msgs.Reject(offer.file_id, exc.code, str(exc)))
+            self.watcher.finished(offer, None, exc)
             return
         self.names.add(offer.name)
-        self.queue.append(_Incoming(offer, placement))
-        self.channel.send(msgs.Accept(offer.file_id, 0))
+        if offer.directory:
+            # Created (durably) already: accepted and done at once.
+            self.channel.send(msgs.Accept(offer.file_id, 0))
+            self._confirm(incoming)
+            return
+        self.queue.append(incoming)
+        self._accept(incoming)
 
-    def _reserve(self, offer: msgs.Offer) -> Placement:
+    def _reserve(self, offer: msgs.Offer) -> _Incoming:
+        """Check the offer and find what this side already holds of it."""
         if offer.name in self.names:
             raise RefusedError("sent twice in one job", Code.DUPLICATE)
-        return self.store.reserve(offer.name, offer.size, offer.overwrite)
+        if offer.directory:
+            return _Incoming(offer, self.store.make_directory(offer.name, offer.mode))
+        placement = self.store.reserve(
+            offer.name,
+            offer.size,
+            offer.overwrite,
+            same_size_ok=not offer.fresh,
+            mtime_ns=offer.mtime_ns,
+        )
+        incoming = _Incoming(offer, placement)
+        if placement.exists:
+            incoming.existing = self._existing_digest(incoming)
+        elif not offer.fresh and offer.size >= RESUME_MIN:
+            self._resume(incoming)
+        return incoming
+
+    def _existing_digest(self, incoming: _Incoming) -> bytes:
+        """Digest of the same-size file already there, for the sender to compare.
+
+        Raises:
+            RefusedError: it cannot be read (its name is then not usable).
+        """
+        try:
+            return digest_of(self.store.open_file(incoming.offer.name)[0])
+        except RefusedError:
+            self.store.release(incoming.placement)
+            raise
+
+    def _resume(self, incoming: _Incoming) -> None:
+        """Take over the part an interrupted transfer of this file left."""
+        part = self.store.resumable_part(incoming.placement)
+        if part is None:
+            return
+        incoming.part, incoming.hasher = part, part.prefix_hasher()
+        incoming.received = incoming.held = part.written
+        incoming.started = time.monotonic()
+        if incoming.offer.size >= LARGE_FILE:
+            incoming.write_behind = True
+            part.use_direct_io()
+
+    def _accept(self, incoming: _Incoming) -> None:
+        offer = incoming.offer
+        if incoming.existing is not None:
+            accept = msgs.Accept(offer.file_id, offer.size, incoming.existing)
+        elif incoming.part is not None:
+            assert incoming.hasher is not None
+            digest = incoming.hasher.digest()
+            accept = msgs.Accept(offer.file_id, incoming.received, digest)
+            log.info(
+                "event=transfer.resume session=%s key=%s path=%s offset=%d",
+                self.session_id,
+                self.channel.peer_short,
+                printable(offer.name),
+                incoming.received,
+            )
+        else:
+            accept = msgs.Accept(offer.file_id, 0)
+        self.channel.send(accept)
 
     def _log_refusal(self, name: str, exc: RefusedError) -> None:
         level = logging.WARNING if exc.code is Code.BAD_PATH else logging.INFO
@@ -290,7 +434,7 @@ class ReceiveSession:
         if not self.queue:
             raise ProtocolError("data for a file that was not accepted")
         incoming = self.queue[0]
-        if incoming.part is None and not incoming.discarding:
+        if incoming.part is None and not incoming.discarding and not incoming.existing:
             if incoming.offer.size >= LARGE_FILE:
                 # Files already complete are committed and confirmed now,
                 # not after this one: an interruption must not cost them.
@@ -309,6 +453,8 @@ class ReceiveSession:
 
     def _on_data(self, payload: memoryview, buffer: memoryview) -> None:
         incoming = self._current()
+        if incoming.existing is not None:
+            raise ProtocolError("data for a file the receiver already holds")
         if incoming.write_error is not None and not incoming.discarding:
             self._fail_current(incoming, incoming.write_error)
         if incoming.discarding:
@@ -321,6 +467,7 @@ class ReceiveSession:
             raise ProtocolError(
                 f"{printable(incoming.offer.name)!r}: more bytes than offered"
             )
+        self.watcher.progress(len(payload))
         if incoming.write_behind:
             self.writer.write(incoming, payload, buffer)
             return
@@ -348,6 +495,7 @@ class ReceiveSession:
             exc,
         )
         self.channel.send(msgs.Reject(incoming.offer.file_id, exc.code, str(exc)))
+        self.watcher.finished(incoming.offer, None, exc)
 
     def _take_current(self, file_id: int) -> _Incoming:
         incoming = self._current()
@@ -359,6 +507,9 @@ class ReceiveSession:
     def _on_end(self, end: msgs.End) -> None:
         incoming = self._take_current(end.file_id)
         if incoming.discarding:
+            return
+        if incoming.existing is not None:
+            self._on_end_of_existing(incoming, end)
             return
         if incoming.write_behind:
             self.writer.drain()  # the writer hashes what it writes
@@ -372,6 +523,22 @@ class ReceiveSession:
             return
         self._add_to_batch(incoming)
 
+    def _on_end_of_existing(self, incoming: _Incoming, end: msgs.End) -> None:
+        """The sender found its file identical to the one here: nothing to do."""
+        self.store.release(incoming.placement)
+        if end.size != incoming.offer.size or end.digest != incoming.existing:
+            self._digest_mismatch(incoming)
+            return
+        log.info(
+            "event=transfer.unchanged session=%s key=%s path=%s bytes=%d",
+            self.session_id,
+            self.channel.peer_short,
+            printable(incoming.offer.name),
+            incoming.offer.size,
+        )
+        self.channel.send(msgs.Done(incoming.offer.file_id, end.digest))
+        self.watcher.finished(incoming.offer, end.digest, None, incoming.offer.size)
+
     def _digest_mismatch(self, incoming: _Incoming) -> None:
         self._drop_part(incoming)
         log.warning(
@@ -383,9 +550,13 @@ class ReceiveSession:
         self.channel.send(
             msgs.Reject(incoming.offer.file_id, Code.INTEGRITY, "digest mismatch")
         )
+        error = IntegrityError(f"{printable(incoming.offer.name)}: digest mismatch")
+        self.watcher.finished(incoming.offer, None, error)
 
     def _on_abort(self, abort: msgs.Abort) -> None:
         incoming = self._take_current(abort.file_id)
+        # The sender may offer it again (fresh, after a copy here differed).
+        self.names.discard(incoming.offer.name)
         if incoming.part is not None:
             self._drop_part(incoming)
         else:
@@ -398,6 +569,8 @@ class ReceiveSession:
             incoming.received,
             printable(abort.reason),
         )
+        reason = f"{printable(incoming.offer.name)}: {printable(abort.reason)}"
+        self.watcher.finished(incoming.offer, None, from_code(abort.code, reason))
 
     # -- commits --------------------------------------------------------
 
@@ -462,7 +635,8 @@ class ReceiveSession:
         try:
             if item.write_error is not None:
                 raise item.write_error
-            item.part.finish(item.offer.mode, item.offer.mtime_ns)
+            assert item.hasher is not None
+            item.part.finish(item.offer.mode, item.offer.mtime_ns, item.hasher.digest())
         except RefusedError as exc:
             self._fail_current(item, exc)
 
@@ -479,9 +653,9 @@ class ReceiveSession:
             self._fail_current(item, exc)
 
     def _confirm(self, item: _Incoming) -> None:
-        assert item.hasher is not None
-        digest = item.hasher.digest()
+        digest = item.hasher.digest() if item.hasher is not None else EMPTY_DIGEST
         self.channel.send(msgs.Done(item.offer.file_id, digest))
+        self.watcher.finished(item.offer, digest, None, item.held)
         self.committed += 1
         log.info(
             "event=transfer.complete session=%s key=%s path=%s bytes=%d "
@@ -496,29 +670,28 @@ class ReceiveSession:
 
     # -- endings --------------------------------------------------------
 
-    def _tell_peer(self, exc: FilexferError) -> None:
-        try:
-            self.channel.send(msgs.Error(int(exc.code), str(exc)))
-            self.channel.flush()
-        except FilexferError:
-            pass  # the connection is already gone; nothing more to say
-
-    def _discard_unfinished(self) -> None:
+    def _discard_unfinished(self, keep: bool) -> None:
+        """Delete what was not committed; keep resumable parts if asked."""
         self.writer.drain()
         for item in list(self.queue) + self.batch:
-            if item.part is not None:
-                if item.part.part_name:
-                    log.info(
-                        "event=transfer.aborted session=%s key=%s path=%s bytes=%d "
-                        "reason=session_ended",
-                        self.session_id,
-                        self.channel.peer_short,
-                        printable(item.offer.name),
-                        item.received,
-                    )
-                item.part.abort()
-            else:
+            if item.part is None:
                 self.store.release(item.placement)
+                continue
+            kept = keep and item.part.resumable
+            if item.part.part_name:
+                log.info(
+                    "event=transfer.%s session=%s key=%s path=%s bytes=%d "
+                    "reason=session_ended",
+                    "kept_for_resume" if kept else "aborted",
+                    self.session_id,
+                    self.channel.peer_short,
+                    printable(item.offer.name),
+                    item.received,
+                )
+            if kept:
+                item.part.keep()
+            else:
+                item.part.abort()
         self.queue.clear()
         self.batch.clear()
         self.store.close_dirs()

@@ -68,10 +68,16 @@ OFFER_WINDOW = 64
 
 @dataclass(frozen=True)
 class Source:
-    """A local file and the name it gets on the receiver."""
+    """A local file (or empty directory) and the name it gets on the receiver.
+
+    ``opener``, when set, opens the file instead of its path (the daemon
+    uses it to open stored files without following symlinks).
+    """
 
     path: str
     name: str
+    directory: bool = False
+    opener: Callable[[], int] | None = None
 
 
 @dataclass
@@ -88,6 +94,11 @@ class FileResult:
     digest: str | None = None
     seconds: float = 0.0
     error: FilexferError | None = None
+    # Bytes the receiver already held (a resumed part, or the whole
+    # identical file), which were therefore not sent.
+    held: int = 0
+    unchanged: bool = False
+    directory: bool = False
 
     @property
     def ok(self) -> bool:
@@ -115,6 +126,8 @@ def _sources_under(
     for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
         dirnames.sort()
         prefix = name_of(dirpath)
+        if not dirnames and not filenames:
+            sources.append(Source(dirpath, prefix, directory=True))
         for name in sorted(filenames + [d for d in dirnames if _is_link(dirpath, d)]):
             path = os.path.join(dirpath, name)
             if os.path.islink(path) or not os.path.isfile(path):
@@ -209,11 +222,15 @@ def unsent(sources: list[Source], error: FilexferError) -> list[FileResult]:
 class _Opened:
     file_id: int
     source: Source
-    file: io.FileIO
+    file: io.FileIO | None
     info: os.stat_result
     result: FileResult
     digest: bytes = b""
     started: float = 0.0
+    fresh: bool = False
+    # Offered again as fresh after the receiver's copy did not match; the
+    # new offer settles the result.
+    superseded: bool = False
 
 
 @dataclass
@@ -318,6 +335,7 @@ class _Job:
         self.replies = _Replies()
         self.offered: list[_Opened] = []
         self.failed_locally: list[FileResult] = []
+        self.again: list[_Opened] = []
         self._next_source = 0
 
     def run(self) -> list[FileResult]:
@@ -342,7 +360,8 @@ class _Job:
             self.channel.close()
             reader.join(timeout=5)
             for opened in self.offered:
-                opened.file.close()
+                if opened.file is not None:
+                    opened.file.close()
         return self._results()
 
     def _send_all(self) -> None:
@@ -355,6 +374,18 @@ class _Job:
             position += 1
 
     def _offer_ahead(self, position: int) -> None:
+        while self.again and len(self.offered) - position < OFFER_WINDOW:
+            earlier = self.again.pop(0)
+            again = _Opened(
+                len(self.offered),
+                earlier.source,
+                earlier.file,
+                earlier.info,
+                earlier.result,
+                fresh=True,
+            )
+            self.offered.append(again)
+            self._offer(again)
         while (
             self._next_source < len(self.sources)
             and len(self.offered) - position < OFFER_WINDOW
@@ -370,25 +401,33 @@ class _Job:
             self._offer(opened)
 
     def _open(self, source: Source) -> _Opened | FileResult:
+        handle = None
         try:
-            handle = io.FileIO(source.path, "rb")
-            info = os.fstat(handle.fileno())
-        except OSError as exc:
-            why = exc.strerror or str(exc)
+            if source.directory:
+                info = os.stat(source.path, follow_symlinks=False)
+            else:
+                handle = _open_source(source)
+                info = os.fstat(handle.fileno())
+        except (OSError, RefusedError) as exc:
+            why = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
             return _local_failure(source.name, source.path, why)
         result = FileResult(source.name, source.path, size=info.st_size)
+        if source.directory:
+            result.size, result.directory = 0, True
         return _Opened(len(self.offered), source, handle, info, result)
 
     def _offer(self, opened: _Opened) -> None:
-        info = opened.info
+        info, directory = opened.info, opened.source.directory
         self.channel.send(
             msgs.Offer(
                 opened.file_id,
-                info.st_size,
+                0 if directory else info.st_size,
                 info.st_mtime_ns,
                 stat.S_IMODE(info.st_mode),
                 self.overwrite,
                 opened.source.name,
+                fresh=opened.fresh,
+                directory=directory,
             )
         )
 
@@ -397,9 +436,15 @@ class _Job:
         if isinstance(decision, msgs.Reject):
             return
         opened.started = time.monotonic()
+        if opened.source.directory:
+            opened.digest = EMPTY_DIGEST  # nothing to send; Done follows
+            return
         self.on_start(opened.source.name, opened.info.st_size)
         try:
-            opened.digest = self._stream(opened)
+            hasher = self._check_held(opened, decision)
+            if hasher is None:
+                return
+            opened.digest = self._stream(opened, hasher, decision.offset)
         except LocalFileError as exc:
             opened.result.error = exc
             self.channel.send(msgs.Abort(opened.file_id, exc.code, str(exc)))
@@ -409,14 +454,52 @@ class _Job:
                 msgs.End(opened.file_id, opened.info.st_size, opened.digest)
             )
 
-    def _stream(self, opened: _Opened) -> bytes:
-        """Send the file's bytes; return the digest, or b"" if it failed."""
-        if opened.info.st_size >= READ_AHEAD_MIN:
-            return self._stream_read_ahead(opened)
+    def _check_held(self, opened: _Opened, decision: msgs.Accept) -> blake3 | None:
+        """Compare what the receiver holds with this file's first bytes.
+
+        Returns the hasher fed with those bytes when they match (sending
+        goes on after them), or None when they differ: the file is then
+        aborted and offered again, fresh, so no mixed copy can arise.
+
+        Raises:
+            ProtocolError: the receiver claims more than the file's size.
+            LocalFileError: the file cannot be read.
+        """
         hasher = blake3()
+        if decision.digest is None:
+            if decision.offset:
+                raise ProtocolError("receiver resumes without a digest")
+            return hasher
+        if decision.offset > opened.info.st_size:
+            raise ProtocolError("receiver holds more than the file's size")
+        assert opened.file is not None
         buffer = self.channel.data_buffer()
-        remaining = opened.info.st_size
+        left = decision.offset
+        while left:
+            count = _read_into(opened.file, buffer[: min(len(buffer), left)], opened)
+            hasher.update(buffer[:count])
+            left -= count
+        if hasher.digest() == decision.digest:
+            opened.result.held = decision.offset
+            opened.result.unchanged = decision.offset == opened.info.st_size
+            self.on_progress(decision.offset)
+            return hasher
+        self.channel.send(
+            msgs.Abort(opened.file_id, Code.SOURCE_CHANGED, "differs from your copy")
+        )
+        opened.file.seek(0)
+        opened.superseded = True
+        self.again.append(opened)
+        return None
+
+    def _stream(self, opened: _Opened, hasher: blake3, offset: int) -> bytes:
+        """Send the file's bytes; return the digest, or b"" if it failed."""
+        remaining = opened.info.st_size - offset
+        if remaining >= READ_AHEAD_MIN:
+            return self._stream_read_ahead(opened, hasher, remaining)
+        buffer = self.channel.data_buffer()
         reader = opened.file
+        assert reader is not None
         while remaining > 0:
             if opened.file_id in self.replies.failed_while_sending:
                 self.channel.send(msgs.Abort(opened.file_id, Code.IO_ERROR, "stopped"))
@@ -429,9 +512,11 @@ class _Job:
         _check_unchanged(reader, opened)
         return hasher.digest()
 
-    def _stream_read_ahead(self, opened: _Opened) -> bytes:
+    def _stream_read_ahead(
+        self, opened: _Opened, hasher: blake3, remaining: int
+    ) -> bytes:
         """Like :meth:`_stream`, with reading and hashing in a second thread."""
-        ahead = _ReadAhead(self.channel, opened)
+        ahead = _ReadAhead(self.channel, opened, hasher, remaining)
         try:
             for plain, count in ahead.chunks():
                 if opened.file_id in self.replies.failed_while_sending:
@@ -449,7 +534,8 @@ class _Job:
     def _results(self) -> list[FileResult]:
         results = list(self.failed_locally)
         for opened in self.offered:
-            results.append(self._settle(opened))
+            if not opened.superseded:
+                results.append(self._settle(opened))
         never_opened = self.sources[self._next_source :]
         if never_opened:
             error = self.replies.error
@@ -501,8 +587,11 @@ class _ReadAhead:
     fixed pool, so memory does not grow with the file.
     """
 
-    def __init__(self, channel: Channel, opened: _Opened) -> None:
+    def __init__(
+        self, channel: Channel, opened: _Opened, hasher: blake3, remaining: int
+    ) -> None:
         self._opened = opened
+        self._hasher, self._remaining = hasher, remaining
         self._free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         for _ in range(READ_AHEAD_BUFFERS):
             self._free.put(channel.new_data_buffer())
@@ -545,8 +634,9 @@ class _ReadAhead:
         self._ready.put(None)
 
     def _read_all(self) -> None:
-        opened, hasher = self._opened, blake3()
-        remaining = opened.info.st_size
+        opened, hasher = self._opened, self._hasher
+        remaining = self._remaining
+        assert opened.file is not None
         while remaining > 0:
             plain = self._free.get()
             if plain is None or self._stopping:
@@ -558,6 +648,15 @@ class _ReadAhead:
             self._ready.put((plain, count))
         _check_unchanged(opened.file, opened)
         self.digest = hasher.digest()
+
+
+EMPTY_DIGEST = blake3().digest()
+
+
+def _open_source(source: Source) -> io.FileIO:
+    if source.opener is not None:
+        return io.FileIO(source.opener(), "rb", closefd=True)
+    return io.FileIO(source.path, "rb")
 
 
 def _read_into(reader: io.FileIO, view: memoryview, opened: _Opened) -> int:

@@ -312,6 +312,14 @@ class Channel:
         view[:] = inbox[: len(view)]
         self._inbox_start = len(view)
 
+    def tell(self, exc: FilexferError) -> None:
+        """Send the Error that ends the session, if the connection still works."""
+        try:
+            self.send(msgs.Error(int(exc.code), str(exc)))
+            self.flush()
+        except FilexferError:
+            pass  # the connection is already gone; nothing more to say
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)

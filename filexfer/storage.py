@@ -20,11 +20,16 @@ name appears only in :meth:`PartFile.commit`, after the data is durable,
 by ``link`` (refuses to replace anything) or, when overwriting was asked
 for, ``rename`` (atomically replaces a regular file, never a directory).
 Then the directory is synced.  A crash leaves at most a ``.part`` file,
-which :meth:`LocalStore.remove_stale_parts` deletes on the next start.
+which :meth:`LocalStore.remove_stale_parts` deletes on the next start,
+unless it is a large file's part kept for a resume (named after the
+file's name, size and mtime, locked while in use, deleted after a week).
 
 The store never creates symlinks, devices or FIFOs: it creates only
 directories and regular files.  Modes are reduced to ``0o755`` at most
-(no setuid, setgid, sticky or group/other write bits).
+(no setuid, setgid, sticky or group/other write bits), or with
+``--keep-modes`` to ``0o777``.  Reading goes through the same walk:
+:meth:`LocalStore.entries` lists and :meth:`LocalStore.open_file` opens
+stored files without following a symlink or showing a part file.
 """
 
 from __future__ import annotations
@@ -37,9 +42,13 @@ import mmap
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterable
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from blake3 import blake3
 
 from .errors import Code, RefusedError
 from .printable import printable
@@ -49,6 +58,34 @@ log = logging.getLogger(__name__)
 PART_PREFIX = ".filexfer-"
 PART_SUFFIX = ".part"
 MODE_MASK = 0o755
+# What --keep-modes allows: group and other write bits too, never the
+# setuid, setgid or sticky bits.
+KEEP_MODES_MASK = 0o777
+# A part of at least RESUME_MIN bytes gets a name derived from the file's
+# name, size and mtime, and is kept when the connection is lost, so that
+# the same transfer started again resumes from it; kept parts older than
+# KEEP_SECONDS are deleted at start-up.  A kept prefix is cut to a whole
+# number of RESUME_STEP bytes (the chunk size, so direct I/O stays aligned).
+RESUME_MIN = 8 << 20
+RESUME_STEP = 1 << 20
+RESUME_PREFIX = PART_PREFIX + "r"
+KEEP_SECONDS = 7 * 86400
+# The digest of a committed file, kept with it where the file system has
+# user extended attributes: digest, then the size and mtime it is valid for.
+DIGEST_ATTR = "user.filexfer.blake3"
+_DIGEST_VALUE = struct.Struct(">32sQq")
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """A file or directory found in the store, for listings and downloads."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    mode: int
+    directory: bool
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +270,11 @@ class Placement:
     parts: tuple[str, ...]
     size: int
     overwrite: bool
+    # A regular file of the offered size is already there (and may be
+    # identical); only set when the caller asked for that case.
+    exists: bool = False
+    # Part name an interrupted transfer of this same file would have left.
+    resume_name: str = ""
 
 
 @dataclass
@@ -248,6 +290,25 @@ class PartFile:
     closed: bool = field(default=False)
     handed_to_disk: int = 0
     direct: bool = False
+    resumable: bool = False
+
+    def prefix_hasher(self) -> blake3:
+        """A BLAKE3 hasher fed with the bytes already in the part."""
+        hasher, done = blake3(), 0
+        while done < self.written:
+            block = os.pread(self.fd, min(RESUME_STEP, self.written - done), done)
+            if not block:
+                raise RefusedError("part file shrank", Code.IO_ERROR)
+            hasher.update(block)
+            done += len(block)
+        return hasher
+
+    def keep(self) -> None:
+        """Close, leaving the part on disk for a later resume."""
+        self._close_fd()
+        if self.part_name:
+            self.part_name = ""
+            self.store.release(self.placement)
 
     def use_direct_io(self) -> bool:
         """Write by direct I/O from now on, where the file system allows.
@@ -300,13 +361,20 @@ class PartFile:
         self._stop_direct_io()
         return os.write(self.fd, view)
 
-    def finish(self, mode: int, mtime_ns: int) -> None:
-        """Apply the offered mode (reduced) and mtime to the data."""
+    def finish(self, mode: int, mtime_ns: int, digest: bytes | None = None) -> None:
+        """Apply the offered mode (reduced) and mtime; remember the digest."""
         try:
-            os.fchmod(self.fd, mode & MODE_MASK)
+            os.fchmod(self.fd, mode & self.store.mode_mask)
             os.utime(self.fd, ns=(mtime_ns, mtime_ns))
         except OSError as exc:
             raise refusal_for(exc) from exc
+        if digest is None:
+            return
+        value = _DIGEST_VALUE.pack(digest, self.written, mtime_ns)
+        try:
+            os.setxattr(self.fd, DIGEST_ATTR, value)
+        except OSError:
+            pass  # only a cache for listings: a file system without it is fine
 
     def sync(self) -> None:
         try:
@@ -368,11 +436,16 @@ class LocalStore:
     """Receiver-side storage confined to one root directory."""
 
     def __init__(
-        self, root: Path, limits: NameLimits = NameLimits(), min_free: int = 1 << 20
+        self,
+        root: Path,
+        limits: NameLimits = NameLimits(),
+        min_free: int = 1 << 20,
+        mode_mask: int = MODE_MASK,
     ) -> None:
         self.root = root
         self.limits = limits
         self.min_free = min_free
+        self.mode_mask = mode_mask
         self._reserved = 0
         self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         self._dirs: dict[tuple[str, ...], int] = {}
@@ -393,35 +466,98 @@ class LocalStore:
     def release(self, placement: Placement) -> None:
         self._reserved = max(0, self._reserved - placement.size)
 
-    def reserve(self, name: str, size: int, overwrite: bool) -> Placement:
+    def reserve(
+        self,
+        name: str,
+        size: int,
+        overwrite: bool,
+        same_size_ok: bool = False,
+        mtime_ns: int | None = None,
+    ) -> Placement:
         """Check that name may be written and that size fits; set it aside.
 
-        Nothing is created on disk.
+        Nothing is created on disk.  With ``same_size_ok``, an existing
+        regular file of the same size is not refused but reported in the
+        placement's ``exists`` (it may be identical).  With ``mtime_ns``,
+        a large file gets the part name a resume would look for.
 
         Raises:
             RefusedError: bad path, exists, not a regular file, no space.
         """
         parts = check_name(name, self.limits)
-        self._check_target(name, parts, overwrite)
-        self._check_space(name, size)
-        self._reserved += size
-        return Placement(name, parts, size, overwrite)
+        exists = self._check_target(parts, overwrite, size if same_size_ok else -1)
+        self._check_space(name, 0 if exists else size)
+        placement = Placement(name, parts, 0 if exists else size, overwrite, exists)
+        if mtime_ns is not None and size >= RESUME_MIN and not exists:
+            placement.resume_name = _resume_name(name, size, mtime_ns)
+        self._reserved += placement.size
+        return placement
 
-    def _check_target(self, name: str, parts: tuple[str, ...], overwrite: bool) -> None:
+    def _check_target(self, parts: tuple[str, ...], overwrite: bool, size: int) -> bool:
+        """Refuse a target that may not be written; True if it has that size."""
         try:
             dir_fd = self._walk(parts[:-1], create=False)
         except FileNotFoundError:
-            return  # a parent is missing, so the target cannot exist
+            return False  # a parent is missing, so the target cannot exist
         except OSError as exc:
             raise refusal_for(exc) from exc
         try:
             info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return
+            return False
         if not stat.S_ISREG(info.st_mode):
             raise RefusedError("exists and is not a regular file", Code.NOT_REGULAR)
+        if info.st_size == size:
+            return True
         if not overwrite:
             raise RefusedError("already exists", Code.EXISTS)
+        return False
+
+    def make_directory(self, name: str, mode: int) -> Placement:
+        """Create a directory (and its parents) durably, if not there yet.
+
+        Raises:
+            RefusedError: bad path, or something else is under that name.
+        """
+        parts = check_name(name, self.limits)
+        try:
+            dir_fd = self._walk(parts[:-1], create=True)
+            try:
+                os.mkdir(parts[-1], 0o700, dir_fd=dir_fd)
+            except FileExistsError:
+                pass  # one already there keeps its mode
+            else:
+                os.fchmod(self._walk(parts, create=False), mode & self.mode_mask)
+            self._walk(parts, create=False)
+            os.fsync(dir_fd)
+        except OSError as exc:
+            raise refusal_for(exc) from exc
+        return Placement(name, parts, 0, False)
+
+    def resumable_part(self, placement: Placement) -> PartFile | None:
+        """Open the part an interrupted transfer left, if there is one.
+
+        The part is locked, so that two sessions never write one file, and
+        cut to a whole number of RESUME_STEP bytes.
+        """
+        if not placement.resume_name:
+            return None
+        try:
+            dir_fd = self._walk(placement.parts[:-1], create=False)
+            fd = _open_locked(dir_fd, placement.resume_name, create=False)
+        except OSError:
+            return None
+        size = os.fstat(fd).st_size
+        kept = min(size, placement.size) // RESUME_STEP * RESUME_STEP
+        if not kept:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, kept)
+        os.lseek(fd, kept, os.SEEK_SET)
+        name = placement.resume_name
+        part = PartFile(self, placement, dir_fd, name, fd, kept, resumable=True)
+        part.handed_to_disk = kept
+        return part
 
     def _check_space(self, name: str, size: int) -> None:
         free = self.free_bytes()
@@ -460,6 +596,10 @@ class LocalStore:
         """
         try:
             dir_fd = self._walk(placement.parts[:-1], create=True)
+            if placement.resume_name:
+                part = self._new_resumable(placement, dir_fd)
+                if part is not None:
+                    return part
             part_name = f"{PART_PREFIX}{secrets.token_hex(8)}{PART_SUFFIX}"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             fd = os.open(part_name, flags | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -467,6 +607,24 @@ class LocalStore:
             self.release(placement)
             raise refusal_for(exc) from exc
         return PartFile(self, placement, dir_fd, part_name, fd)
+
+    def _new_resumable(self, placement: Placement, dir_fd: int) -> PartFile | None:
+        """A fresh part under the resume name; None if another session has it.
+
+        An old part under that name that nobody holds is replaced.
+        """
+        name = placement.resume_name
+        try:
+            fd = _open_locked(dir_fd, name, create=True)
+        except FileExistsError:
+            try:
+                fd = _open_locked(dir_fd, name, create=False)
+            except OSError:
+                return None  # in use by another session
+            os.unlink(name, dir_fd=dir_fd)
+            os.close(fd)
+            fd = _open_locked(dir_fd, name, create=True)
+        return PartFile(self, placement, dir_fd, name, fd, resumable=True)
 
     def sync_all(self) -> bool:
         """Make every finished write on this file system durable."""
@@ -485,12 +643,79 @@ class LocalStore:
         for fd in fds:
             os.fsync(fd)
 
+    def _find(self, name: str) -> tuple[int, str, os.stat_result]:
+        """The parent descriptor, last component and lstat of a stored name.
+
+        "" is the root itself.
+
+        Raises:
+            RefusedError: NOT_FOUND when it does not exist, is a symlink or
+                a special file, or lies below one; BAD_PATH for bad names.
+        """
+        if not name:
+            return self._root_fd, ".", os.fstat(self._root_fd)
+        parts = check_name(name, self.limits)
+        try:
+            dir_fd = self._walk(parts[:-1], create=False)
+            info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            raise _not_found(name) from exc
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            raise _not_found(name)
+        return dir_fd, parts[-1], info
+
+    def is_directory(self, name: str) -> bool:
+        """Whether a stored name is a directory (False for a file).
+
+        Raises:
+            RefusedError: as :meth:`_find`.
+        """
+        return stat.S_ISDIR(self._find(name)[2].st_mode)
+
+    def entries(self, name: str, recursive: bool) -> Iterator[StoredEntry]:
+        """The stored file or directory name; a directory's contents too.
+
+        Symlinks, special files and part files are left out; nothing is
+        followed out of the store.  Names are relative to the root.
+
+        Raises:
+            RefusedError: name does not exist (NOT_FOUND) or is bad.
+        """
+        dir_fd, last, info = self._find(name)
+        if not stat.S_ISDIR(info.st_mode):
+            yield _entry(name, info, _stored_digest(dir_fd, last, info))
+            return
+        fd = os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            yield from _walk_entries(fd, name, recursive)
+        finally:
+            os.close(fd)
+
+    def open_file(self, name: str) -> tuple[int, os.stat_result]:
+        """Open a stored regular file for reading, never through a symlink.
+
+        Raises:
+            RefusedError: NOT_FOUND if it is missing or not a regular file.
+        """
+        dir_fd, last, _ = self._find(name)
+        try:
+            fd = os.open(
+                last, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except OSError as exc:
+            raise _not_found(name) from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise _not_found(name)
+        return fd, info
+
     def remove_stale_parts(self) -> int:
         """Delete part files left by a crash; return how many went."""
         removed = 0
         for top, _dirs, files in os.walk(self.root, followlinks=False):
             for name in files:
-                if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX):
+                if _is_part(name) and not _worth_keeping(os.path.join(top, name)):
                     try:
                         os.unlink(os.path.join(top, name))
                         removed += 1
@@ -501,6 +726,120 @@ class LocalStore:
                             exc.strerror,
                         )
         return removed
+
+
+def _not_found(name: str) -> RefusedError:
+    return RefusedError(
+        f"{printable(name)!r}: no such file or directory", Code.NOT_FOUND
+    )
+
+
+def _resume_name(name: str, size: int, mtime_ns: int) -> str:
+    key = blake3(f"{size}:{mtime_ns}:{name}".encode("utf-8", "surrogatepass"))
+    return f"{RESUME_PREFIX}{key.hexdigest()[:32]}{PART_SUFFIX}"
+
+
+def _worth_keeping(path: str) -> bool:
+    """A part kept for a resume that is younger than KEEP_SECONDS."""
+    if not os.path.basename(path).startswith(RESUME_PREFIX):
+        return False
+    try:
+        age = time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return False
+    return age < KEEP_SECONDS
+
+
+def _open_locked(dir_fd: int, name: str, create: bool) -> int:
+    """Open a part for reading and writing and lock it, never via a symlink.
+
+    Raises:
+        OSError: it cannot be opened, is not a regular file (ELOOP,
+            EISDIR) or another session holds the lock (EWOULDBLOCK).
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= (os.O_CREAT | os.O_EXCL) if create else 0
+    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EISDIR, "not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def digest_of(fd: int) -> bytes:
+    """BLAKE3 of a whole open file; the descriptor is closed."""
+    hasher = blake3()
+    try:
+        while block := os.read(fd, RESUME_STEP):
+            hasher.update(block)
+    finally:
+        os.close(fd)
+    return hasher.digest()
+
+
+def _is_part(name: str) -> bool:
+    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+
+
+def _entry(name: str, info: os.stat_result, digest: bytes | None) -> StoredEntry:
+    directory = stat.S_ISDIR(info.st_mode)
+    size = 0 if directory else info.st_size
+    mode = stat.S_IMODE(info.st_mode)
+    return StoredEntry(name, size, info.st_mtime_ns, mode, directory, digest)
+
+
+def _walk_entries(top_fd: int, top: str, recursive: bool) -> Iterator[StoredEntry]:
+    """Entries below an open directory, sorted, depth first."""
+    with os.scandir(top_fd) as scan:
+        found = sorted(scan, key=lambda item: item.name)
+    for item in found:
+        if _is_part(item.name):
+            continue
+        name = f"{top}/{item.name}" if top else item.name
+        info = item.stat(follow_symlinks=False)
+        if stat.S_ISREG(info.st_mode):
+            yield _entry(name, info, _stored_digest(top_fd, item.name, info))
+        elif stat.S_ISDIR(info.st_mode):
+            yield _entry(name, info, None)
+            if recursive:
+                yield from _walk_below(top_fd, item.name, name)
+
+
+def _walk_below(parent_fd: int, last: str, name: str) -> Iterator[StoredEntry]:
+    try:
+        fd = os.open(
+            last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd
+        )
+    except OSError:
+        return  # replaced or removed meanwhile: not part of the listing
+    try:
+        yield from _walk_entries(fd, name, True)
+    finally:
+        os.close(fd)
+
+
+def _stored_digest(dir_fd: int, last: str, info: os.stat_result) -> bytes | None:
+    """The digest remembered at commit, if it still matches the file."""
+    try:
+        fd = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        value = os.getxattr(fd, DIGEST_ATTR)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(value) != _DIGEST_VALUE.size:
+        return None
+    digest, size, mtime_ns = _DIGEST_VALUE.unpack(value)
+    return (
+        bytes(digest) if (size, mtime_ns) == (info.st_size, info.st_mtime_ns) else None
+    )
 
 
 def _mib(size: int) -> str:

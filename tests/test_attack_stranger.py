@@ -53,9 +53,9 @@ def assert_clean(pair: Pair, watch: LogWatch) -> None:
     text = watch.text()
     assert "Traceback" not in text and "crashed" not in text, text
     assert " ERROR " not in text, text
-    assert list(pair.receiver.root.iterdir()) == []
+    assert list(pair.area.iterdir()) == []
     assert_serving(pair, "still-serving.bin")
-    (pair.receiver.root / "still-serving.bin").unlink()
+    (pair.area / "still-serving.bin").unlink()
 
 
 # -- one stranger at a time ---------------------------------------------------
@@ -220,7 +220,7 @@ def test_unauthorized_sender_is_told_and_writes_nothing(
         assert end.recv() is None
         lines = watch.lines("WARNING", "session.unauthorized")
         assert len(lines) == 1 and "is not authorized" in lines[0]
-        assert list(pair.receiver.root.iterdir()) == []
+        assert list(pair.area.iterdir()) == []
 
         source = random_file(tmp_path / "src" / "no.bin", 10)
         done = cli_put_as(pair, tmp_path / "stranger-home", source)
@@ -228,7 +228,7 @@ def test_unauthorized_sender_is_told_and_writes_nothing(
         lines = done.stderr.splitlines()
         assert lines[0] == "filexfer: error: receiver: sender key not authorized"
         assert [line[:16] for line in lines[1:]] in ([], ["filexfer: hint: "])
-        assert list(pair.receiver.root.iterdir()) == []
+        assert list(pair.area.iterdir()) == []
     finally:
         pair.receiver.stop()
 
@@ -267,7 +267,8 @@ def test_unauthorized_handshakes_do_not_cost_channel_memory(
             end.close()
 
         assert pair.receiver.peak_rss_kib() < 100 * MiB_IN_KIB
-        assert len(watch.lines("WARNING", "session.unauthorized")) == 60
+        # Each line is logged just after its Error was sent: wait for all.
+        assert len(watch.wait_lines("WARNING", "session.unauthorized", 60)) == 60
         assert_clean(pair, watch)
     finally:
         pair.receiver.stop()
@@ -370,8 +371,8 @@ def test_hundreds_of_strangers_at_once(tmp_path: Path) -> None:
             assert after.returncode == 0, after.stderr
             assert pair.receiver.peak_rss_kib() < 100 * MiB_IN_KIB
 
-        assert sha256(pair.receiver.root / "crowded.bin") == sha256(source)
-        assert leftovers(pair.receiver.root) == []
+        assert sha256(pair.area / "crowded.bin") == sha256(source)
+        assert leftovers(pair.area) == []
         assert "reason=too_many_handshakes" in watch.text()
         text = watch.text()
         assert "Traceback" not in text and "crashed" not in text

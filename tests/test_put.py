@@ -35,6 +35,7 @@ from tests.helpers import (
     leftovers,
     random_file,
     sha256,
+    stray_parts,
     tree_digests,
     wait_until,
 )
@@ -83,8 +84,14 @@ def start_put(pair: Pair, *args: str | os.PathLike[str]) -> subprocess.Popen[str
     )
 
 
-def wait_for_part(root: Path) -> None:
-    wait_until(lambda: leftovers(root), "a part file under the receiver root")
+def wait_for_part(root: Path, size: int = 0) -> None:
+    """Until a part file is there, holding at least size bytes."""
+
+    def ready() -> bool:
+        parts = list(root.rglob(".filexfer-*"))
+        return any(part.stat().st_size >= size for part in parts)
+
+    wait_until(ready, "a part file under the receiver root")
 
 
 def blake3_hex(data: bytes) -> str:
@@ -98,12 +105,12 @@ def test_put_recursive_sample_data_arrives_byte_identical(pair: Pair) -> None:
     done = pair.put("-r", SAMPLE_DATA)
 
     assert_success(done, 7)
-    arrived = pair.receiver.root / "sample_data"
+    arrived = pair.area / "sample_data"
     assert tree_digests(arrived) == tree_digests(SAMPLE_DATA)
     assert (arrived / "docs" / "Übersicht März 2026.txt").is_file()
     assert (arrived / "empty.txt").stat().st_size == 0
     assert (arrived / "photos" / "2026" / "gradient.png").is_file()
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
     assert pair.receiver.log().count("event=transfer.complete") == 7
 
 
@@ -121,7 +128,7 @@ def test_put_recursive_warns_about_links_with_a_prefix(pair: Pair) -> None:
         == f"filexfer: warning: skipping {tree / 'link.txt'}: not a regular file"
     )
     assert summary.startswith("filexfer: sent 1 file(s), ")
-    assert os.listdir(pair.receiver.root / "tree") == ["real.txt"]
+    assert os.listdir(pair.area / "tree") == ["real.txt"]
 
 
 def put_unprivileged(
@@ -167,7 +174,7 @@ def test_put_recursive_unreadable_directory_is_a_local_failure(
         ["tree/a.txt"] if others else []
     )
     assert any("locked: cannot read directory" in line for line in error_lines(done))
-    assert not (pair.receiver.root / "tree" / "locked").exists()
+    assert not (pair.area / "tree" / "locked").exists()
 
 
 def test_put_name_the_receiver_would_refuse_is_a_local_failure(pair: Pair) -> None:
@@ -192,7 +199,7 @@ def test_put_keeps_permission_bits_and_mtime(pair: Pair) -> None:
 
     assert_success(pair.put(script), 1)
 
-    info = (pair.receiver.root / "run.sh").stat()
+    info = (pair.area / "run.sh").stat()
     assert stat.S_IMODE(info.st_mode) == 0o750
     assert info.st_mtime_ns == 1_600_000_000_123_456_789
 
@@ -208,10 +215,10 @@ def test_put_several_files_share_one_connection(pair: Pair) -> None:
 
     assert_success(done, 3)
     for source in sources:
-        assert sha256(pair.receiver.root / source.name) == sha256(source)
+        assert sha256(pair.area / source.name) == sha256(source)
     pair.receiver.wait_for_log(r"event=session\.end .*files=3")
     assert pair.receiver.log().count("event=session.start") == 1
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
 
 
 @pytest.mark.slow
@@ -221,10 +228,10 @@ def test_put_one_gib_random_file_arrives_identical(pair: Pair) -> None:
     done = pair.put(source, timeout=900)
 
     assert_success(done, 1)
-    arrived = pair.receiver.root / "one-gib.bin"
+    arrived = pair.area / "one-gib.bin"
     assert arrived.stat().st_size == 1 << 30
     assert sha256(arrived) == sha256(source)
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
 
 
 def test_two_senders_at_once_both_succeed(
@@ -249,8 +256,8 @@ def test_two_senders_at_once_both_succeed(
 
     assert_success(results["a"], 1)
     assert_success(results["b"], 1)
-    assert sha256(pair.receiver.root / "first.bin") == sha256(first_file)
-    assert sha256(pair.receiver.root / "second.bin") == sha256(second_file)
+    assert sha256(pair.area / "first.bin") == sha256(first_file)
+    assert sha256(second.area / "second.bin") == sha256(second_file)
     assert pair.receiver.log().count("event=session.start") == 2
     assert leftovers(pair.receiver.root) == []
 
@@ -270,13 +277,13 @@ def test_put_empty_file_alone(pair: Pair) -> None:
     assert record["name"] == "empty.txt" and record["status"] == "ok"
     assert record["bytes"] == 0
     assert record["digest"] == blake3_hex(b"")
-    arrived = pair.receiver.root / "empty.txt"
+    arrived = pair.area / "empty.txt"
     info = arrived.lstat()
     assert stat.S_ISREG(info.st_mode) and info.st_size == 0
     assert stat.S_IMODE(info.st_mode) == stat.S_IMODE(empty.stat().st_mode) & 0o755
     assert "event=transfer.complete" in pair.receiver.log()
     assert "path=empty.txt bytes=0" in pair.receiver.log()
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
 
 
 def test_put_empty_files_among_others_and_chunk_edges(pair: Pair) -> None:
@@ -300,8 +307,8 @@ def test_put_empty_files_among_others_and_chunk_edges(pair: Pair) -> None:
     for record, source in zip(records, sources, strict=True):
         assert record["status"] == "ok"
         assert record["digest"] == blake3_hex(source.read_bytes())
-        assert sha256(pair.receiver.root / source.name) == sha256(source)
-    assert leftovers(pair.receiver.root) == []
+        assert sha256(pair.area / source.name) == sha256(source)
+    assert leftovers(pair.area) == []
 
 
 def test_put_same_name_twice_fails_that_file_only(pair: Pair) -> None:
@@ -315,8 +322,8 @@ def test_put_same_name_twice_fails_that_file_only(pair: Pair) -> None:
     assert done.stdout == ""
     lines = error_lines(done)
     assert any("empty.txt" in line and "twice" in line for line in lines)
-    assert (pair.receiver.root / "empty.txt").read_bytes() == b""
-    assert (pair.receiver.root / "one.txt").read_bytes() == b"1"
+    assert (pair.area / "empty.txt").read_bytes() == b""
+    assert (pair.area / "one.txt").read_bytes() == b"1"
 
 
 # -- C04: existing targets ----------------------------------------------------
@@ -325,7 +332,7 @@ def test_put_same_name_twice_fails_that_file_only(pair: Pair) -> None:
 @pytest.fixture
 def precious(pair: Pair) -> tuple[Path, str]:
     """The receiver's own copy of data.bin, and its digest."""
-    target = random_file(pair.receiver.root / "data.bin", 2 * MiB, seed=10)
+    target = random_file(pair.area / "data.bin", 2 * MiB, seed=10)
     return target, sha256(target)
 
 
@@ -347,14 +354,14 @@ def test_put_refuses_to_replace_an_existing_file(
         "filexfer: error: receiver refused 'data.bin': already exists"
     ]
     assert sha256(target) == digest
-    assert os.listdir(pair.receiver.root) == ["data.bin"]
+    assert os.listdir(pair.area) == ["data.bin"]
     assert "reason=exists" in pair.receiver.log()
 
 
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
 def test_put_never_replaces_a_directory(pair: Pair, overwrite: list[str]) -> None:
     """A file named like an existing directory is refused (C04)."""
-    photos = pair.receiver.root / "photos"
+    photos = pair.area / "photos"
     write(photos / "a.jpg", b"keep")
     source = write(pair.tmp / "src" / "photos", b"not a directory")
 
@@ -365,7 +372,7 @@ def test_put_never_replaces_a_directory(pair: Pair, overwrite: list[str]) -> Non
     [line] = error_lines(done)
     assert "'photos'" in line and "not a regular file" in line
     assert (photos / "a.jpg").read_bytes() == b"keep"
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
 
 
 def test_put_refusal_in_a_multi_file_job_fails_only_that_file(
@@ -383,9 +390,9 @@ def test_put_refusal_in_a_multi_file_job_fails_only_that_file(
     lines = error_lines(done)
     assert lines[0] == "filexfer: error: receiver refused 'data.bin': already exists"
     assert lines[-1] == "filexfer: error: 1 of 2 files failed"
-    assert (pair.receiver.root / "a.txt").read_bytes() == b"a\n"
+    assert (pair.area / "a.txt").read_bytes() == b"a\n"
     assert sha256(target) == digest
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
 
 
 def test_put_overwrite_replaces_atomically(
@@ -413,7 +420,7 @@ def test_put_overwrite_replaces_atomically(
     assert_success(done, 1)
     assert sha256(target) == new_digest
     assert seen <= {old_digest, new_digest}
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
 
 
 # -- C05: interrupted transfers ------------------------------------------------
@@ -435,8 +442,9 @@ def big_source(tmp_path: Path) -> Path:
 def test_put_sender_killed_mid_transfer_leaves_nothing(
     slow_pair: Pair, big_source: Path
 ) -> None:
-    """SIGKILL of the sender: no file under the final name, no part (C05)."""
-    root = slow_pair.receiver.root
+    """SIGKILL of the sender: nothing under the final name, only the part
+    kept for a resume, which the next run uses (C05)."""
+    root = slow_pair.area
     sender = start_put(slow_pair, big_source)
     wait_for_part(root)
 
@@ -445,9 +453,9 @@ def test_put_sender_killed_mid_transfer_leaves_nothing(
     slow_pair.receiver.wait_for_log(r"event=session\.failed")
 
     assert not (root / "big.bin").exists()
-    assert leftovers(root) == []
+    assert stray_parts(root) == []
     assert slow_pair.receiver.alive()
-    assert "event=transfer.aborted" in slow_pair.receiver.log()
+    assert "event=transfer.kept_for_resume" in slow_pair.receiver.log()
     assert "path=big.bin" in slow_pair.receiver.log()
 
     rerun = slow_pair.put(big_source)
@@ -460,7 +468,7 @@ def test_put_sender_interrupted_says_not_completed(
     slow_pair: Pair, big_source: Path
 ) -> None:
     """SIGINT of the sender: non-zero exit, a one-line message (C05)."""
-    root = slow_pair.receiver.root
+    root = slow_pair.area
     sender = start_put(slow_pair, big_source)
     wait_for_part(root)
 
@@ -475,7 +483,7 @@ def test_put_sender_interrupted_says_not_completed(
         "filexfer: error: interrupted; copy not completed"
     )
     assert not (root / "big.bin").exists()
-    assert leftovers(root) == []
+    assert stray_parts(root) == []
 
 
 def test_put_json_interrupted_reports_every_file(
@@ -484,7 +492,7 @@ def test_put_json_interrupted_reports_every_file(
     """Ctrl-C still ends with one object per file, and exit 130 (C15)."""
     small = write(slow_pair.tmp / "src" / "small.txt", b"small\n")
     sender = start_put(slow_pair, "--json", big_source, small)
-    wait_for_part(slow_pair.receiver.root)
+    wait_for_part(slow_pair.area)
 
     sender.send_signal(signal.SIGINT)
     stdout, stderr = sender.communicate(timeout=30)
@@ -504,7 +512,7 @@ def test_put_json_receiver_stopped_reports_every_file(
     """The session's failure is each unconfirmed file's failure (C15)."""
     small = write(slow_pair.tmp / "src" / "small.txt", b"small\n")
     sender = start_put(slow_pair, "--json", big_source, small)
-    wait_for_part(slow_pair.receiver.root)
+    wait_for_part(slow_pair.area)
 
     assert slow_pair.receiver.stop(signal.SIGTERM) == 0
     stdout, stderr = sender.communicate(timeout=60)
@@ -517,7 +525,7 @@ def test_put_json_receiver_stopped_reports_every_file(
         stderr.splitlines()[0].removeprefix("filexfer: error: ")
     }
     assert all(r["status"] == "failed" for r in records)
-    assert not (slow_pair.receiver.root / "small.txt").exists()
+    assert not (slow_pair.area / "small.txt").exists()
 
 
 def test_put_receiver_stopped_mid_transfer_leaves_nothing(
@@ -525,10 +533,11 @@ def test_put_receiver_stopped_mid_transfer_leaves_nothing(
     big_source: Path,
     start_receiver: Callable[..., Receiver],
 ) -> None:
-    """SIGTERM of recv: it exits 0, removes the part; a rerun works (C05)."""
-    root = slow_pair.receiver.root
+    """SIGTERM of recv: it exits 0, keeps only a resumable part; a rerun
+    against the restarted receiver resumes from it (C05)."""
+    root = slow_pair.area
     sender = start_put(slow_pair, big_source)
-    wait_for_part(root)
+    wait_for_part(root, 2 * MiB)  # enough for a resume
 
     assert slow_pair.receiver.stop(signal.SIGTERM) == 0
     stdout, stderr = sender.communicate(timeout=60)
@@ -539,23 +548,26 @@ def test_put_receiver_stopped_mid_transfer_leaves_nothing(
     assert "Traceback" not in stderr
     assert stderr.startswith("filexfer: error: ")
     assert not (root / "big.bin").exists()
-    assert leftovers(root) == []
+    assert stray_parts(root) == []
 
-    restarted = start_receiver(root=root)
+    restarted = start_receiver(root=slow_pair.receiver.root)
     again = Pair(
         slow_pair.sender_home, restarted, slow_pair.tmp, slow_pair.receiver_fingerprint
     )
     assert_success(again.put(big_source), 1)
     assert sha256(root / "big.bin") == sha256(big_source)
+    assert "event=transfer.resume" in restarted.log()
+    assert leftovers(root) == []
 
 
-def test_put_receiver_killed_mid_transfer_restart_removes_part(
+def test_put_receiver_killed_mid_transfer_restart_keeps_the_part(
     slow_pair: Pair,
     big_source: Path,
     start_receiver: Callable[..., Receiver],
 ) -> None:
-    """SIGKILL of recv: the part stays until the next start removes it (C05)."""
-    root = slow_pair.receiver.root
+    """SIGKILL of recv: the part stays, the next start keeps it for a
+    resume, and the rerun completes from it (C05)."""
+    root = slow_pair.area
     sender = start_put(slow_pair, big_source)
     wait_for_part(root)
 
@@ -566,11 +578,16 @@ def test_put_receiver_killed_mid_transfer_restart_removes_part(
     assert not (root / "big.bin").exists()
     assert len(leftovers(root)) == 1
 
-    restarted = start_receiver(root=root)
+    restarted = start_receiver(root=slow_pair.receiver.root)
 
-    assert "stale_parts_removed=1" in restarted.log()
-    assert leftovers(root) == []
+    assert "stale_parts_removed=0" in restarted.log()
     assert not (root / "big.bin").exists()
+    again = Pair(
+        slow_pair.sender_home, restarted, slow_pair.tmp, slow_pair.receiver_fingerprint
+    )
+    assert_success(again.put(big_source), 1)
+    assert sha256(root / "big.bin") == sha256(big_source)
+    assert leftovers(root) == []
 
 
 def scripted_sender(pair: Pair) -> Channel:
@@ -591,7 +608,7 @@ def test_connection_cut_at_a_chunk_boundary_is_truncation(pair: Pair) -> None:
 
     pair.receiver.wait_for_log(r"event=session\.failed")
 
-    root = pair.receiver.root
+    root = pair.area
     assert not (root / "cut.bin").exists()
     assert leftovers(root) == []
     assert f"path=cut.bin bytes={2 * CHUNK}" in pair.receiver.log()
@@ -613,8 +630,8 @@ def test_close_before_end_is_not_success(pair: Pair) -> None:
     pair.receiver.wait_for_log(r"event=session\.(end|failed)")
 
     assert not isinstance(reply, msgs.Done)
-    assert not (pair.receiver.root / "no-end.bin").exists()
-    assert leftovers(pair.receiver.root) == []
+    assert not (pair.area / "no-end.bin").exists()
+    assert leftovers(pair.area) == []
 
 
 # -- C10: failures exit non-zero with the right code ---------------------------
@@ -635,7 +652,7 @@ def test_put_missing_local_file_among_good_ones_exits_7(pair: Pair) -> None:
     lines = error_lines(done)
     assert any("missing.txt" in line for line in lines)
     assert lines[-1] == "filexfer: error: 1 of 2 files failed"
-    assert (pair.receiver.root / "a.txt").read_bytes() == b"a\n"
+    assert (pair.area / "a.txt").read_bytes() == b"a\n"
 
 
 def missing_file(src: Path) -> Path:
@@ -671,7 +688,7 @@ def test_put_unusable_local_file_exits_8(
     assert done.stdout == ""
     [line] = error_lines(done)
     assert source.name in line
-    assert list(pair.receiver.root.iterdir()) == []
+    assert list(pair.area.iterdir()) == []
 
 
 @pytest.mark.parametrize("size", [0, MiB], ids=["empty", "one-mib"])
@@ -689,14 +706,14 @@ def test_put_refused_for_lack_of_space_exits_6(
     assert record["status"] == "failed" and record["exit_code"] == 6
     [line] = error_lines(done)
     assert "backup.tar" in line and "not enough space" in line
-    assert list(pair.receiver.root.iterdir()) == []
+    assert list(pair.area.iterdir()) == []
     assert source.exists()
 
 
 def test_put_all_files_refused_exits_with_their_code(pair: Pair) -> None:
     """Every file of a job refused the same way: that refusal's code (C10)."""
-    write(pair.receiver.root / "a.txt", b"old a")
-    write(pair.receiver.root / "b.txt", b"old b")
+    write(pair.area / "a.txt", b"old a")
+    write(pair.area / "b.txt", b"old b")
     sources = [
         write(pair.tmp / "src" / "a.txt", b"new a"),
         write(pair.tmp / "src" / "b.txt", b"new b"),
@@ -708,8 +725,8 @@ def test_put_all_files_refused_exits_with_their_code(pair: Pair) -> None:
     assert done.stdout == ""
     lines = error_lines(done)
     assert lines[-1] == "filexfer: error: all 2 files failed"
-    assert (pair.receiver.root / "a.txt").read_bytes() == b"old a"
-    assert (pair.receiver.root / "b.txt").read_bytes() == b"old b"
+    assert (pair.area / "a.txt").read_bytes() == b"old a"
+    assert (pair.area / "b.txt").read_bytes() == b"old b"
 
 
 def test_put_through_a_tampering_path_exits_5(pair: Pair) -> None:
@@ -728,5 +745,5 @@ def test_put_through_a_tampering_path_exits_5(pair: Pair) -> None:
     assert done.returncode == 5
     assert done.stdout == ""
     assert error_lines(done)[0].startswith("filexfer: error: ")
-    assert not (pair.receiver.root / "data.bin").exists()
-    assert leftovers(pair.receiver.root) == []
+    assert not (pair.area / "data.bin").exists()
+    assert leftovers(pair.area) == []
