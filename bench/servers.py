@@ -77,7 +77,10 @@ class Receiver:
 
     def start(self) -> Receiver:
         self._log = open(self.log_path, "ab")  # closed in stop()
-        argv = filexfer_argv("recv", "--dir", self.root, "--listen", "127.0.0.1:0")
+        # --shared: the files land in --dir itself, where the checks look.
+        argv = filexfer_argv(
+            "recv", "--dir", self.root, "--listen", "127.0.0.1:0", "--shared"
+        )
         env = filexfer_env(self.ids.receiver_home)
         self.process = procs.spawn(argv, env=env, stderr=self._log)
         procs.wait_until(self._find_port, self.process, "filexfer recv")

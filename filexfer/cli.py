@@ -16,9 +16,9 @@ must show the same key.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
-import json
 import logging
 import math
 import os
@@ -27,6 +27,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +35,12 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
+from . import messages as msgs
 from .config import load as load_config
 from .errors import (
     ConnectError,
     FilexferError,
     InterruptError,
-    PartialError,
     TrustError,
     UsageError,
     os_reason,
@@ -48,17 +49,20 @@ from .keys import (
     Identity,
     KnownReceivers,
     allow_sender,
+    area_for,
     authorized_senders,
     check_fingerprint_text,
     check_pin,
+    decode_public,
     fingerprint,
     load_identity,
     matches_fingerprint,
 )
 from .printable import printable
+from .report import Debug, Progress, job_error, print_error, report
 from .sender import FileResult, Source, collect_sources, send_files, unsent
 from .session import Channel, Timeouts, connect
-from .storage import NameLimits
+from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore, NameLimits
 
 if TYPE_CHECKING:
     from .server import Server, ServerConfig
@@ -81,7 +85,6 @@ Exit codes:
 
 
 class _State:
-    debug = False
     config_file: str | None = None
 
 
@@ -128,7 +131,7 @@ def _configure_logging(verbose: bool) -> None:
 )
 def cli(debug: bool, config_file: str | None) -> None:
     """Encrypted, mutually authenticated file transfer over TCP."""
-    _State.debug = debug
+    Debug.enabled = debug
     _State.config_file = config_file
 
 
@@ -164,11 +167,29 @@ def id_command() -> None:
 @cli.command(epilog=EXIT_CODES)
 @click.argument("key")
 @click.argument("comment", required=False, default="")
-def allow(key: str, comment: str) -> None:
-    """Authorize a sender's public key (``fx1...``) on this receiver."""
-    added = allow_sender(key, comment)
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="The key may list and download, never upload.",
+)
+@click.option(
+    "--area",
+    metavar="NAME",
+    help="Folder under the receiver's --dir this key works in "
+    "(default: one of its own, named after the key).",
+)
+def allow(key: str, comment: str, read_only: bool, area: str | None) -> None:
+    """Authorize a sender's public key (``fx1...``) on this receiver.
+
+    Each key works in its own area, a folder under the receiver's --dir,
+    so that it can neither see nor touch another key's files; keys given
+    the same --area share it.
+    """
+    added = allow_sender(key, comment, grant_options=(not read_only, area))
     word = "authorized" if added else "already authorized"
-    click.echo(f"filexfer: {word}: {key.split()[0]}", err=True)
+    where = area or area_for(decode_public(key))
+    access = "read-only" if read_only else "read-write"
+    click.echo(f"filexfer: {word}: {key.split()[0]} ({access}, area {where})", err=True)
 
 
 def _split_address(text: str, *, listening: bool = False) -> tuple[str, int]:
@@ -316,6 +337,18 @@ when the session failed. A signal before any session: 0.
     type=click.IntRange(0),
     help="Bytes that must stay free on the disk.",
 )
+@click.option(
+    "--keep-modes",
+    is_flag=True,
+    help="Keep the group and other write bits of received files' modes "
+    "(setuid, setgid and sticky are never kept).",
+)
+@click.option(
+    "--shared",
+    is_flag=True,
+    help="Every key works in --dir itself, not in an area of its own "
+    "(a key authorized with --area keeps that area).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
 @_with_config
 def recv(
@@ -330,9 +363,15 @@ def recv(
     max_name_bytes: int,
     max_depth: int,
     min_free: int,
+    keep_modes: bool,
+    shared: bool,
     verbose: bool,
 ) -> None:
-    """Receive files from authorized senders into --dir.
+    """Receive files from authorized senders into --dir; serve them back.
+
+    Each authorized key works in its own area, a folder under --dir named
+    after the key (or as 'filexfer allow --area' says): it uploads there,
+    and 'ls' and 'get' show and return only what is there.
 
     Runs in the foreground and logs one line per event to stderr. SIGINT or
     SIGTERM stop it cleanly; unfinished files are removed, never left under
@@ -356,6 +395,8 @@ def recv(
         max_handshakes=max_handshakes,
         max_record=max_record,
         min_free=min_free,
+        shared=shared,
+        keep_modes=keep_modes,
         timeouts=Timeouts(handshake=handshake_timeout, idle=idle_timeout),
         limits=NameLimits(
             max_component=min(255, max_name_bytes),
@@ -518,126 +559,137 @@ def _connect_trusting(
     return connect(host, port, identity, verify, timeouts)
 
 
-class _Progress:
-    """tqdm bars on stderr: overall, and per file when there are several."""
+_TRUST_OPTIONS = [
+    click.option(
+        "--accept-new",
+        is_flag=True,
+        help="Trust and pin an unknown receiver key without asking (for scripts).",
+    ),
+    click.option(
+        "--fingerprint",
+        "given_fp",
+        metavar="FP",
+        help="Trust the receiver only if its key has this fingerprint.",
+    ),
+    click.option(
+        "--connect-timeout",
+        default=10.0,
+        show_default=True,
+        type=_Seconds(),
+        help="Seconds to wait for a connection.",
+    ),
+    click.option(
+        "--idle-timeout",
+        default=60.0,
+        show_default=True,
+        type=_Seconds(),
+        help="Seconds without progress before giving up.",
+    ),
+    click.option(
+        "--retry",
+        default=0,
+        show_default=True,
+        type=click.IntRange(0, 100),
+        metavar="N",
+        help="After a lost or refused connection, try again up to N times "
+        "(waiting 1, 2, 4... up to 30 s); transfers resume where they stopped.",
+    ),
+]
+_OUTPUT_OPTIONS = [
+    click.option(
+        "--json/--no-json",
+        "as_json",
+        help="Print one JSON object per file on stdout.",
+    ),
+    click.option("-q", "--quiet/--no-quiet", help="No progress bar, no summary."),
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Force the progress bar on or off (default: on a terminal).",
+    ),
+]
 
-    def __init__(self, enabled: bool, total: int, files: int) -> None:
-        self.overall: Any = None
-        self.current: Any = None
-        if not enabled:
-            return
-        from tqdm import tqdm
 
-        options: dict[str, Any] = dict(
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            dynamic_ncols=True,
-            file=sys.stderr,
-            mininterval=0.2,
+def _options(
+    options: list[Any],
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Apply a list of click options, in the order listed in --help."""
+
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """Where a client command connects, and how it decides to trust it."""
+
+    host: str
+    port: int
+    identity: Identity
+    timeouts: Timeouts
+    trust: tuple[bool, str | None]
+    retries: int
+
+    @classmethod
+    def from_options(
+        cls, target: str, trust: tuple[bool, str | None], times: tuple[float, float]
+    ) -> _Remote:
+        """Check the target and trust options; load this side's identity."""
+        host, port = _split_address(target)
+        if trust[1] is not None:
+            check_fingerprint_text(trust[1])
+        connect_timeout, idle_timeout = times
+        timeouts = Timeouts(
+            connect=connect_timeout,
+            handshake=max(15.0, connect_timeout),
+            idle=idle_timeout,
         )
-        desc = "total" if files > 1 else ""
-        self.overall = tqdm(total=total, desc=desc, leave=True, **options)
-        if files > 1:
-            # The per-file bar goes away when done; the total stays.
-            self.current = tqdm(total=0, position=1, leave=False, **options)
+        return cls(host, port, load_identity(), timeouts, trust, 0)
 
-    def start(self, name: str, size: int) -> None:
-        if self.current is not None:
-            self.current.reset(total=size)
-            self.current.set_description_str(printable(name)[-40:], refresh=False)
-        elif self.overall is not None:
-            self.overall.set_description_str(printable(name)[-40:], refresh=False)
-
-    def advance(self, count: int) -> None:
-        if self.overall is not None:
-            self.overall.update(count)
-        if self.current is not None:
-            self.current.update(count)
-
-    def close(self) -> None:
-        for bar in (self.current, self.overall):
-            if bar is not None:
-                bar.close()
+    def connect(self) -> Channel:
+        return _connect_trusting(
+            self.host, self.port, self.identity, self.timeouts, self.trust
+        )
 
 
-def _json_line(result: FileResult) -> str:
-    record: dict[str, object] = {
-        "name": result.name,
-        "path": result.path,
-        "status": "ok" if result.ok else "failed",
-        "bytes": result.size,
-        "digest": result.digest,
-        "digest_algorithm": "blake3",
-        "seconds": round(result.seconds, 6),
-    }
-    if result.error is not None:
-        record["error"] = str(result.error)
-        record["exit_code"] = result.error.exit_code
-    return json.dumps(record, ensure_ascii=True)
+def _show_bar(quiet: bool, progress: bool | None) -> bool:
+    return (sys.stderr.isatty() and not quiet) if progress is None else progress
 
 
-def _report(
-    results: list[FileResult],
-    session_error: FilexferError | None,
-    as_json: bool,
-    quiet: bool,
-    seconds: float,
-) -> None:
-    """Print per-file JSON, per-file errors of a multi-file job, a summary.
+Attempt = Callable[[], tuple[list[FileResult], FilexferError | None]]
 
-    An error that ends the job is left to main(), so it is printed once;
-    so is the session's error, which files it ended share.
+
+def _with_retries(
+    remote: _Remote, attempt: Attempt, quiet: bool
+) -> tuple[list[FileResult], FilexferError | None]:
+    """Run attempt; after a connection failure, again up to remote.retries.
+
+    Only a lost, refused or timed-out connection (exit 3) is retried: a
+    trust, integrity or refusal error would fail the same way again.
+    Results of files that succeeded stay; each new attempt's results
+    replace those of files that failed.
     """
-    for result in results:
-        if as_json:
-            click.echo(_json_line(result))
-        error = result.error
-        if error is not None and error is not session_error and len(results) > 1:
-            click.echo(f"filexfer: error: {error}", err=True)
-    sent = [r for r in results if r.ok]
-    if session_error is not None and sent:
-        _print_error(session_error)  # the job ends with PartialError instead
-    if quiet or as_json:
-        return
-    if not sent and (len(results) == 1 or session_error is not None):
-        return  # nothing arrived; the one error main() prints says why
-    total = sum(r.size for r in sent)
-    rate = total / seconds / 1e6 if seconds > 0 else 0.0
-    failed = len(results) - len(sent)
-    tail = f", {failed} failed" if failed else ""
-    click.echo(
-        f"filexfer: sent {len(sent)} file(s), {total:,} bytes in "
-        f"{seconds:.2f} s ({rate:.1f} MB/s){tail}",
-        err=True,
-    )
-
-
-def _job_error(
-    results: list[FileResult], session_error: FilexferError | None
-) -> FilexferError | None:
-    """The error the whole job ends with, if any file failed.
-
-    7 when some files arrived and others did not; when none arrived, the
-    session's error if it failed, else the error of the (first) failed file.
-    An interruption is always 130.
-    """
-    if isinstance(session_error, InterruptError):
-        return session_error
-    failed = [r.error for r in results if r.error is not None]
-    if not failed:
-        return None
-    if len(failed) < len(results):
-        return PartialError(f"{len(failed)} of {len(results)} files failed")
-    if session_error is not None:
-        return session_error
-    if len(results) == 1:
-        return failed[0]
-    # The class itself is not rebuilt, as some (RefusedError) need more
-    # arguments than a message.
-    summary = FilexferError(f"all {len(failed)} files failed")
-    summary.exit_code = failed[0].exit_code
-    return summary
+    merged: dict[str, FileResult] = {}
+    for number in range(remote.retries + 1):
+        results, error = attempt()
+        for result in results:
+            if result.name not in merged or not merged[result.name].ok:
+                merged[result.name] = result
+        if not isinstance(error, ConnectError) or number == remote.retries:
+            return list(merged.values()), error
+        wait = min(30.0, 2.0**number)
+        if not quiet:
+            click.echo(
+                f"filexfer: warning: {printable(str(error))}; retrying in "
+                f"{wait:g} s ({number + 1} of {remote.retries})",
+                err=True,
+            )
+        time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -646,48 +698,14 @@ def _job_error(
     "-r",
     "--recursive",
     is_flag=True,
-    help="Send directories and everything below them.",
+    help="Send directories and everything below them, empty ones included.",
 )
 @click.option(
     "--overwrite/--no-overwrite",
-    help="Atomically replace files that already exist on the receiver.",
+    help="Atomically replace files that already exist on the receiver "
+    "(identical ones are never sent again, with or without this).",
 )
-@click.option(
-    "--accept-new",
-    is_flag=True,
-    help="Trust and pin an unknown receiver key without asking (for scripts).",
-)
-@click.option(
-    "--fingerprint",
-    "given_fp",
-    metavar="FP",
-    help="Trust the receiver only if its key has this fingerprint.",
-)
-@click.option(
-    "--json/--no-json",
-    "as_json",
-    help="Print one JSON object per file on stdout.",
-)
-@click.option("-q", "--quiet/--no-quiet", help="No progress bar, no summary.")
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Force the progress bar on or off (default: on a terminal).",
-)
-@click.option(
-    "--connect-timeout",
-    default=10.0,
-    show_default=True,
-    type=_Seconds(),
-    help="Seconds to wait for a connection.",
-)
-@click.option(
-    "--idle-timeout",
-    default=60.0,
-    show_default=True,
-    type=_Seconds(),
-    help="Seconds without progress before giving up.",
-)
+@_options(_TRUST_OPTIONS + _OUTPUT_OPTIONS)
 @_with_config
 def put(
     args: tuple[str, ...],
@@ -695,48 +713,64 @@ def put(
     overwrite: bool,
     accept_new: bool,
     given_fp: str | None,
+    connect_timeout: float,
+    idle_timeout: float,
+    retry: int,
     as_json: bool,
     quiet: bool,
     progress: bool | None,
-    connect_timeout: float,
-    idle_timeout: float,
 ) -> None:
     """Send FILEs to a receiver at HOST[:PORT] (default port 7757).
 
     HOST may also be the NAME of a [hosts.NAME] section of the config file.
+    A file already there with the same size and digest is not sent again;
+    an interrupted transfer of a large file resumes where it stopped.
     """
     if len(args) < 2:
         raise UsageError("need at least one FILE and a HOST[:PORT]")
-    host, port = _split_address(args[-1])
-    if given_fp is not None:
-        check_fingerprint_text(given_fp)
-    identity = load_identity()
+    remote = _Remote.from_options(
+        args[-1], (accept_new, given_fp), (connect_timeout, idle_timeout)
+    )
+    remote = dataclasses.replace(remote, retries=retry)
     _configure_put_logging()
     sources, failures = collect_sources(list(args[:-1]), recursive)
 
-    show_bar = (sys.stderr.isatty() and not quiet) if progress is None else progress
-    bars = _Progress(show_bar, sum(_size(s) for s in sources), len(sources))
-    timeouts = Timeouts(
-        connect=connect_timeout,
-        handshake=max(15.0, connect_timeout),
-        idle=idle_timeout,
+    bars = Progress(
+        _show_bar(quiet, progress), sum(_size(s) for s in sources), len(sources)
     )
+    pending = sources
     started = time.monotonic()
+
+    def attempt() -> tuple[list[FileResult], FilexferError | None]:
+        # A retry sends again only the files the lost connection failed.
+        nonlocal pending
+        results, error = _send(remote, pending, overwrite, bars)
+        again = {r.name for r in results if r.error is not None and r.error is error}
+        pending = [source for source in pending if source.name in again]
+        return results, error
+
     try:
-        sent, session_error = _send(
-            (host, port),
-            identity,
-            timeouts,
-            (accept_new, given_fp),
-            sources,
-            overwrite,
-            bars,
-        )
+        sent, session_error = _with_retries(remote, attempt, quiet)
     finally:
         bars.close()
-    results = failures + sent
-    _report(results, session_error, as_json, quiet, time.monotonic() - started)
-    error = _job_error(results, session_error)
+    _finish(failures + sent, session_error, (as_json, quiet), ("sent", started))
+
+
+def _finish(
+    results: list[FileResult],
+    session_error: FilexferError | None,
+    output: tuple[bool, bool],
+    timing: tuple[str, float],
+) -> None:
+    """Report a job's results and end with its exit code.
+
+    A download (verb "received") is strict: a receiver that broke the
+    protocol fails it with exit 5 even if some files arrived.
+    """
+    verb, started = timing
+    error = job_error(results, session_error, strict=verb == "received")
+    seconds = time.monotonic() - started
+    report(results, session_error, *output, (verb, seconds), error)
     if error is not None:
         raise error
 
@@ -749,25 +783,185 @@ def _size(source: Source) -> int:
 
 
 def _send(
-    where: tuple[str, int],
-    identity: Identity,
-    timeouts: Timeouts,
-    trust: tuple[bool, str | None],
-    sources: list[Source],
-    overwrite: bool,
-    bars: _Progress,
+    remote: _Remote, sources: list[Source], overwrite: bool, bars: Progress
 ) -> tuple[list[FileResult], FilexferError | None]:
     """Connect and send; a failed connection fails every source."""
     if not sources:
         return [], None
     try:
-        channel = _connect_trusting(*where, identity, timeouts, trust)
+        channel = remote.connect()
     except FilexferError as exc:
         return unsent(sources, exc), exc
     except (KeyboardInterrupt, click.exceptions.Abort):
         interrupted = InterruptError()
         return unsent(sources, interrupted), interrupted
     return send_files(channel, sources, overwrite, bars.advance, bars.start)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("host", metavar="HOST[:PORT]")
+@click.argument("remotes", nargs=-1, required=True, metavar="REMOTE...")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory to store the files in (created if missing).",
+)
+@click.option(
+    "-r",
+    "--recursive",
+    is_flag=True,
+    help="Fetch directories and everything below them.",
+)
+@click.option(
+    "--overwrite/--no-overwrite",
+    help="Atomically replace local files that differ "
+    "(identical ones are kept and not fetched again).",
+)
+@click.option(
+    "--keep-modes",
+    is_flag=True,
+    help="Keep the group and other write bits of the files' modes "
+    "(setuid, setgid and sticky are never kept).",
+)
+@_options(_TRUST_OPTIONS + _OUTPUT_OPTIONS)
+@_with_config
+def get(
+    host: str,
+    remotes: tuple[str, ...],
+    out_dir: str,
+    recursive: bool,
+    overwrite: bool,
+    keep_modes: bool,
+    accept_new: bool,
+    given_fp: str | None,
+    connect_timeout: float,
+    idle_timeout: float,
+    retry: int,
+    as_json: bool,
+    quiet: bool,
+    progress: bool | None,
+) -> None:
+    """Fetch REMOTE files (or, with -r, folders) back from a receiver.
+
+    Each REMOTE is a name as 'filexfer ls' shows it; it is stored under
+    --output by its last component (get HOST docs/a.txt -> ./a.txt).
+    Whatever the receiver sends that was not asked for ends the whole
+    download with exit 5, and is never written.
+    """
+    from .getter import get_files, plan
+
+    remote = _Remote.from_options(
+        host, (accept_new, given_fp), (connect_timeout, idle_timeout)
+    )
+    remote = dataclasses.replace(remote, retries=retry)
+    requests = plan(list(remotes))
+    _configure_put_logging()
+    logging.getLogger("filexfer.receiver").setLevel(logging.CRITICAL)
+    root = _root_option(out_dir)
+    _make_root(root)
+    bars = Progress(_show_bar(quiet, progress), 0, 1)
+    started = time.monotonic()
+
+    def attempt() -> tuple[list[FileResult], FilexferError | None]:
+        try:
+            channel = remote.connect()
+        except FilexferError as exc:
+            return [FileResult(r.local, error=exc) for r in requests], exc
+        store = LocalStore(root, mode_mask=KEEP_MODES_MASK if keep_modes else MODE_MASK)
+        try:
+            options = (recursive, overwrite)
+            return get_files(channel, requests, store, options, bars.advance)
+        finally:
+            store.close()
+
+    try:
+        results, session_error = _with_retries(remote, attempt, quiet)
+    finally:
+        bars.close()
+    _finish(results, session_error, (as_json, quiet), ("received", started))
+
+
+@cli.command("ls", epilog=EXIT_CODES)
+@click.argument("host", metavar="HOST[:PORT]")
+@click.argument("path", required=False, default="")
+@click.option("-r", "--recursive", is_flag=True, help="List folders' contents too.")
+@click.option(
+    "--json/--no-json",
+    "as_json",
+    help="Print one JSON object per entry instead of a table.",
+)
+@_options(_TRUST_OPTIONS)
+@_with_config
+def ls_command(
+    host: str,
+    path: str,
+    recursive: bool,
+    as_json: bool,
+    accept_new: bool,
+    given_fp: str | None,
+    connect_timeout: float,
+    idle_timeout: float,
+    retry: int,
+) -> None:
+    """List what this key has stored on a receiver (under PATH, if given).
+
+    Shows mode, size, modification time (UTC), name and, where the
+    receiver knows it, the first 16 hex digits of the BLAKE3 digest.
+    """
+    from .getter import list_remote, plan
+
+    remote = _Remote.from_options(
+        host, (accept_new, given_fp), (connect_timeout, idle_timeout)
+    )
+    name = plan([path], "list")[0].remote if path.strip("/") else ""
+
+    shown = 0
+
+    def show(entry: msgs.Entry) -> None:
+        nonlocal shown
+        click.echo(_entry_json(entry) if as_json else _entry_line(entry))
+        shown += 1
+
+    for number in range(retry + 1):
+        try:
+            list_remote(remote.connect(), name, recursive, show)
+            return
+        except ConnectError as exc:
+            if number == retry or shown:
+                raise  # a listing cut short is not printed twice
+            wait = min(30.0, 2.0**number)
+            click.echo(f"filexfer: warning: {exc}; retrying in {wait:g} s", err=True)
+            time.sleep(wait)
+
+
+def _entry_line(entry: msgs.Entry) -> str:
+    kind = "d" if entry.directory else "-"
+    mode = kind + stat.filemode(entry.mode)[1:]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.mtime_ns / 1e9))
+    digest = entry.digest.hex()[:16] if entry.digest else "-"
+    name = printable(entry.name) + ("/" if entry.directory else "")
+    return f"{mode} {entry.size:>14,} {when} {digest:16} {name}"
+
+
+def _entry_json(entry: msgs.Entry) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "name": entry.name,
+            "type": "directory" if entry.directory else "file",
+            "bytes": entry.size,
+            "mode": f"{entry.mode:04o}",
+            "mtime_ns": entry.mtime_ns,
+            "digest": entry.digest.hex() if entry.digest else None,
+            "digest_algorithm": "blake3",
+        },
+        ensure_ascii=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -777,7 +971,7 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         # click turns Ctrl-C (SIGINT) into Abort before it reaches us.
         interrupted = InterruptError()
-        _print_error(interrupted)
+        print_error(interrupted)
         sys.exit(interrupted.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.format_message(), err=True)
@@ -786,10 +980,10 @@ def main(argv: list[str] | None = None) -> None:
         _print_usage_error(exc)
         sys.exit(2)
     except FilexferError as exc:
-        _print_error(exc)
+        print_error(exc)
         sys.exit(exc.exit_code)
     except Exception as exc:
-        if _State.debug:
+        if Debug.enabled:
             raise
         click.echo(f"filexfer: error: unexpected error: {exc!r}", err=True)
         click.echo("filexfer: hint: rerun with --debug and report it", err=True)
@@ -804,14 +998,3 @@ def _print_usage_error(exc: click.ClickException) -> None:
     ctx = getattr(exc, "ctx", None)
     if ctx is not None:
         click.echo(f"filexfer: hint: see '{ctx.command_path} --help'", err=True)
-
-
-def _print_error(exc: FilexferError) -> None:
-    if _State.debug:
-        import traceback
-
-        traceback.print_exception(exc)
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    click.echo(f"filexfer: error: {message}", err=True)
-    if exc.hint:
-        click.echo(f"filexfer: hint: {exc.hint}", err=True)

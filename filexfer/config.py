@@ -141,6 +141,7 @@ PUT_OPTIONS: Mapping[str, Check] = {
     "progress": Flag(),
     "connect_timeout": Seconds(),
     "idle_timeout": Seconds(),
+    "retry": Integer(0, 100),
 }
 HOST_OPTIONS: Mapping[str, Check] = {
     "address": Text(),
@@ -159,7 +160,12 @@ RECV_OPTIONS: Mapping[str, Check] = {
     "max_name_bytes": Integer(1, 65535),
     "max_depth": Integer(1),
     "min_free": Integer(0),
+    "shared": Flag(),
+    "keep_modes": Flag(),
 }
+# What a [hosts.NAME] section gives get and ls: where, whom to trust, and
+# how long to wait; the rest of it is put's.
+_READ_HOST_OPTIONS = ("fingerprint", "connect_timeout", "idle_timeout", "retry")
 
 # Where a key's name differs from the name of the command's parameter.
 _PARAMETER = {"json": "as_json", "dir": "root_text", "fingerprint": "given_fp"}
@@ -192,7 +198,8 @@ class Config:
         """Return a command's parameters with the file's defaults filled in.
 
         Args:
-            command: "put" or "recv"; other commands take nothing from here.
+            command: "put", "recv", or "get" and "ls" (which take a host's
+                address, fingerprint and timeouts); others take nothing.
             params: the parameters click parsed, by parameter name.
             given: the names of those that the command line set; they win.
         """
@@ -206,6 +213,15 @@ class Config:
             if host is not None:
                 defaults.update(host.options)
                 filled["args"] = (*filled["args"][:-1], host.target)
+        if command in ("get", "ls"):
+            host = self.hosts.get(filled["host"])
+            if host is not None:
+                defaults.update(
+                    (key, value)
+                    for key, value in host.options.items()
+                    if key in _READ_HOST_OPTIONS
+                )
+                filled["host"] = host.target
 
         for key, value in defaults.items():
             name = _PARAMETER.get(key, key)

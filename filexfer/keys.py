@@ -16,6 +16,10 @@ else ``~/.config/filexfer``).  Files there:
 ``authorized_senders``   receiver side: one public key line per sender
                          allowed to connect; ``#`` comments, blank lines
                          and a trailing comment after the key are allowed.
+                         Options may precede the key, comma-separated:
+                         ``read-only`` (may list and download, never
+                         upload) and ``area=NAME`` (the folder under the
+                         receiver's root this key works in).
 ``known_receivers``      sender side: ``HOST:PORT KEY`` pins, trust on
                          first use as in ssh.
 
@@ -304,23 +308,102 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What one authorized key may do, and where.
+
+    ``area`` is the folder under the receiver's root that the key works
+    in, when its line names one; otherwise the receiver decides (its own
+    area per key, or the shared root).
+    """
+
+    key: bytes
+    write: bool = True
+    area: str | None = None
+
+
+def area_for(key: bytes) -> str:
+    """The default area of a key: a folder name derived from the key alone."""
+    return "key-" + hashlib.sha256(key).hexdigest()[:16]
+
+
+def check_area(name: str) -> str:
+    """An area is one plain folder name.
+
+    Raises:
+        UsageError: it is empty, has a slash, starts with a dot, or holds
+            anything but letters, digits, ``-``, ``_`` and ``.``.
+    """
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    if not name or name.startswith(".") or len(name) > 64 or set(name) - allowed:
+        raise UsageError(
+            f"bad area name {printable(name)!r}",
+            hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+        )
+    return name
+
+
+def _grant_from(path: Path, entry: _Entry) -> Grant:
+    """Parse ``[OPTIONS] KEY [COMMENT]``; options before the key, as in ssh."""
+    if entry.word.startswith(KEY_PREFIX):
+        return Grant(_decode_entry(path, entry, entry.word))
+    key_word = entry.rest.split(None, 1)[0] if entry.rest else ""
+    raw = _decode_entry(path, entry, key_word)
+    write, area = True, None
+    for option in entry.word.split(","):
+        name, _, value = option.partition("=")
+        if option == "read-only":
+            write = False
+        elif name == "area" and value:
+            try:
+                area = check_area(value)
+            except UsageError as exc:
+                raise UsageError(f"{path}: line {entry.number}: {exc}") from None
+        else:
+            raise UsageError(
+                f"{path}: line {entry.number}: unknown option "
+                f"{printable(option)[:40]!r}",
+                hint="options are read-only and area=NAME, before the key",
+            )
+    return Grant(raw, write, area)
+
+
+def sender_grants(home: Path | None = None) -> dict[bytes, Grant]:
+    """Return every authorized key with what it may do.
+
+    Raises:
+        UsageError: the file cannot be read, or a line holds something
+            that is not a key or an option (the message names the file
+            and line).
+    """
+    path = (home or config_dir()) / AUTHORIZED_FILE
+    grants = [_grant_from(path, entry) for entry in _entries(path)]
+    return {grant.key: grant for grant in grants}
+
+
 def authorized_senders(home: Path | None = None) -> frozenset[bytes]:
     """Return the raw keys listed in the authorized-senders file.
 
     Raises:
-        UsageError: the file cannot be read, or a line holds something
-            that is not a key (the message names the file and line).
+        UsageError: as :func:`sender_grants`.
     """
-    path = (home or config_dir()) / AUTHORIZED_FILE
-    return frozenset(_decode_entry(path, e, e.word) for e in _entries(path))
+    return frozenset(sender_grants(home))
 
 
-def allow_sender(key_text: str, comment: str = "", home: Path | None = None) -> bool:
+def allow_sender(
+    key_text: str,
+    comment: str = "",
+    home: Path | None = None,
+    grant_options: tuple[bool, str | None] = (True, None),
+) -> bool:
     """Add a sender key to the authorized list; False if already there.
+
+    ``grant_options`` is (may upload, area or None).
 
     Raises:
         UsageError: the key is malformed, the comment is not one line of
-            printable text, or the file cannot be read or written.
+            printable text, the area is not a plain name, or the file
+            cannot be read or written.
     """
     if not is_plain(key_text.strip()):
         raise UsageError("the key must be one line without control characters")
@@ -329,11 +412,18 @@ def allow_sender(key_text: str, comment: str = "", home: Path | None = None) -> 
         raise UsageError(
             f"the comment must be one line of printable text: {printable(comment)!r}"
         )
+    write, area = grant_options
+    options = ([] if write else ["read-only"]) + (
+        [f"area={check_area(area)}"] if area is not None else []
+    )
     home = home or config_dir()
     if raw in authorized_senders(home):
         return False
-    line = encode_public(raw) + (f" {comment.strip()}" if comment.strip() else "")
-    _append_line(home / AUTHORIZED_FILE, line)
+    words = [",".join(options)] if options else []
+    words.append(encode_public(raw))
+    if comment.strip():
+        words.append(comment.strip())
+    _append_line(home / AUTHORIZED_FILE, " ".join(words))
     return True
 
 

@@ -32,12 +32,20 @@ from pathlib import Path
 from types import FrameType
 
 from . import messages as msgs
+from .catalog import serve_reading
 from .errors import Code, ConnectError, FilexferError, TrustError
-from .keys import Identity, authorized_senders, fingerprint, short_fingerprint
+from .keys import (
+    Grant,
+    Identity,
+    area_for,
+    fingerprint,
+    sender_grants,
+    short_fingerprint,
+)
 from .receiver import ReceiveSession
 from .records import MAX_PLAINTEXT
 from .session import Channel, Timeouts, accept
-from .storage import LocalStore, NameLimits
+from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore, NameLimits
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,32 @@ class ServerConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: NameLimits = field(default_factory=NameLimits)
     config_home: Path | None = None
+    # Every key works in the root itself instead of an area of its own
+    # (a key whose line names an area still gets that area).
+    shared: bool = False
+    keep_modes: bool = False  # group/other write bits too
+
+
+def _run_job(channel: Channel, store: LocalStore, grant: Grant, session_id: str) -> int:
+    """Serve what the first message asks for; return the files handled.
+
+    Raises:
+        FilexferError: the session failed; the peer has been told.
+    """
+    try:
+        first = channel.recv()
+        if not isinstance(first, msgs.List | msgs.Get) and not grant.write:
+            error = TrustError("this key may only list and download here")
+            error.code = Code.READ_ONLY
+            raise error
+    except FilexferError as exc:
+        channel.tell(exc)
+        raise
+    if isinstance(first, msgs.List | msgs.Get):
+        return serve_reading(channel, store, first, session_id)
+    session = ReceiveSession(channel, store, session_id)
+    session.run(first)
+    return session.committed
 
 
 def _peer_text(address: object) -> str:
@@ -79,7 +113,7 @@ class Server:
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
         self.once_result: FilexferError | None = None
-        self.senders = authorized_senders(config.config_home)
+        self.grants = sender_grants(config.config_home)
         self.listener = self._listen()
 
     @property
@@ -232,10 +266,10 @@ class Server:
         stays in force and the problem is logged.
         """
         try:
-            self.senders = authorized_senders(self.config.config_home)
+            self.grants = sender_grants(self.config.config_home)
         except FilexferError as exc:
             log.error("event=recv.config_error reason=%s", exc)
-        return key in self.senders
+        return key in self.grants
 
     def _run_session(self, channel: Channel, peer: str, session_id: str) -> None:
         if not self.session_slots.acquire(blocking=False):
@@ -256,14 +290,34 @@ class Server:
         # would cause.
         _drain_and_close(channel.sock)
 
+    def _area(self, grant: Grant) -> Path:
+        """The folder a key works in, created on its first session."""
+        if grant.area is None and self.config.shared:
+            return self.config.root
+        area = self.config.root / (grant.area or area_for(grant.key))
+        try:
+            area.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise FilexferError(f"cannot create area {area}: {exc.strerror}") from exc
+        return area
+
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
         key = short_fingerprint(channel.peer_key)
-        log.info("event=session.start session=%s peer=%s key=%s", session_id, peer, key)
-        store = LocalStore(self.config.root, self.config.limits, self.config.min_free)
+        grant = self.grants.get(channel.peer_key, Grant(channel.peer_key))
+        area = self._area(grant)
+        log.info(
+            "event=session.start session=%s peer=%s key=%s area=%s",
+            session_id,
+            peer,
+            key,
+            area.name if area != self.config.root else ".",
+        )
+        mask = KEEP_MODES_MASK if self.config.keep_modes else MODE_MASK
+        store = LocalStore(area, self.config.limits, self.config.min_free, mask)
         error: FilexferError | None = None
-        session = ReceiveSession(channel, store, session_id)
+        files = 0
         try:
-            session.run()
+            files = _run_job(channel, store, grant, session_id)
         except FilexferError as exc:
             error = exc
             log.warning(
@@ -292,7 +346,7 @@ class Server:
                 session_id,
                 peer,
                 key,
-                session.committed,
+                files,
             )
         self._after_session(error)
 

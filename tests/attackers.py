@@ -60,6 +60,8 @@ def open_pair(
     """Like the make_pair fixture, for any scope and any Receiver class.
 
     Identities are made in-process, which is quicker than three CLI runs.
+    The receiver runs with ``--shared``: the sender's files land in its
+    --dir itself, which these attacks and faults look at directly.
     """
     sender_home, receiver_home = tmp / "sender-home", tmp / "receiver-home"
     sender = load_identity(sender_home)
@@ -68,7 +70,7 @@ def open_pair(
         home=receiver_home,
         root=tmp / "out",
         log_path=tmp / "recv.log",
-        extra=extra,
+        extra=("--shared", *extra),
         **fields,  # type: ignore[arg-type]
     )
     receiver.start()
@@ -562,7 +564,7 @@ def assert_serving(pair: Pair, name: str) -> None:
         assert end.finish() == msgs.Close()
     finally:
         end.close()
-    assert (pair.receiver.root / name).read_bytes() == data
+    assert (pair.area / name).read_bytes() == data
 
 
 # -- the hostile receiver -----------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from filexfer import messages as msgs
-from filexfer.keys import Identity, allow_sender, load_identity
+from filexfer.keys import Identity, allow_sender, area_for, load_identity
 from filexfer.keys import fingerprint as key_fingerprint
 from filexfer.noise import HandshakeState
 from filexfer.records import MAX_PLAINTEXT, RecordDecoder, Sealer
@@ -114,6 +114,11 @@ def random_file(path: Path, size: int, seed: int = 0) -> Path:
 def leftovers(root: Path) -> list[str]:
     """Temporary part files left under ROOT (there should be none)."""
     return sorted(p.name for p in root.rglob(".filexfer-*"))
+
+
+def stray_parts(root: Path) -> list[str]:
+    """Part files under ROOT other than those kept for a resume."""
+    return [name for name in leftovers(root) if not name.startswith(".filexfer-r")]
 
 
 @dataclass
@@ -217,6 +222,16 @@ class Pair:
     receiver: Receiver
     tmp: Path
     receiver_fingerprint: str
+
+    @property
+    def area(self) -> Path:
+        """Where this sender's files land: its own area under the receiver's --dir."""
+        if "--shared" in self.receiver.extra:
+            return self.receiver.root
+        sender = load_identity(self.sender_home, create=False)
+        area = self.receiver.root / area_for(sender.public)
+        area.mkdir(parents=True, exist_ok=True)
+        return area
 
     def put_args(self, *args: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
         """`put --fingerprint FP ARGS... 127.0.0.1:PORT` as CLI arguments."""

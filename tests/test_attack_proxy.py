@@ -93,7 +93,7 @@ class Attack:
 
     @property
     def target(self) -> Path:
-        return self.pair.receiver.root / self.source.name
+        return self.pair.area / self.source.name
 
     def assert_refused(self, code: int, message: str, event: str) -> None:
         """Exit code and message; one WARNING; nothing stored; still serving,
@@ -104,7 +104,7 @@ class Attack:
         self.watch.wait_for(f"WARNING event={event}")
         assert len(self.watch.lines("WARNING")) == 1, self.watch.text()
         assert not self.target.exists()
-        assert leftovers(self.pair.receiver.root) == []
+        assert leftovers(self.pair.area) == []
         assert_serving(self.pair, f"after-{self.source.name}")
         assert self.pair.receiver.peak_rss_kib() < 100 * 1024
 
@@ -122,7 +122,7 @@ def assert_copied_only_if_confirmed(result: Attack, failure: int) -> None:
         assert result.target.exists()
     if result.target.exists():
         assert sha256(result.target) == sha256(result.source)
-    assert leftovers(result.pair.receiver.root) == []
+    assert leftovers(result.pair.area) == []
 
 
 def record_start(
@@ -231,15 +231,15 @@ def test_whole_session_replayed_by_a_stranger_writes_nothing(
     shared: Pair, layout: Capture
 ) -> None:
     watch = LogWatch(shared.receiver)
-    before = sorted(p.name for p in shared.receiver.root.iterdir())
+    before = sorted(p.name for p in shared.area.iterdir())
     sock = socket.create_connection(("127.0.0.1", shared.receiver.port))
     sock.sendall(layout.direction(C2S))
 
     assert closed_by_peer(sock, timeout=10)
     sock.close()
     watch.wait_for("WARNING event=session.handshake_failed .*integrity")
-    assert sorted(p.name for p in shared.receiver.root.iterdir()) == before
-    assert leftovers(shared.receiver.root) == []
+    assert sorted(p.name for p in shared.area.iterdir()) == before
+    assert leftovers(shared.area) == []
     assert_serving(shared, "after-replay")
 
 
@@ -302,7 +302,7 @@ def test_flipped_bit_in_done_is_never_reported_as_success(
     assert result.code == 5, result.stderr
     assert "receive: connection failed its integrity check" in result.stderr
     assert sha256(result.target) == sha256(result.source)
-    assert leftovers(shared.receiver.root) == []
+    assert leftovers(shared.area) == []
 
 
 # -- cutting the connection ---------------------------------------------------
@@ -348,7 +348,7 @@ def test_cut_connection_is_never_success(
     )
     result.watch.wait_for(r"WARNING event=session\.(failed|handshake_failed)")
     assert not result.target.exists()
-    assert leftovers(shared.receiver.root) == []
+    assert leftovers(shared.area) == []
     assert_serving(shared, f"after-cut-{where}")
 
 
@@ -372,7 +372,7 @@ def test_cut_of_the_receivers_answers_is_never_success(
     assert result.code == 3, result.stderr
     assert "connection lost" in result.stderr
     result.watch.wait_for("WARNING event=session.failed")
-    assert leftovers(shared.receiver.root) == []
+    assert leftovers(shared.area) == []
 
 
 @pytest.mark.parametrize(
@@ -404,8 +404,8 @@ def test_withheld_end_ends_in_an_idle_timeout(
         assert done.returncode == 3, done.stderr
         assert done.stderr == f"filexfer: error: {message}\n"
         watch.wait_for(f"WARNING event=session.failed .*{logged}")
-        assert not (pair.receiver.root / "withheld.bin").exists()
-        assert leftovers(pair.receiver.root) == []
+        assert not (pair.area / "withheld.bin").exists()
+        assert leftovers(pair.area) == []
     finally:
         pair.receiver.stop()
 
@@ -435,8 +435,8 @@ def test_withheld_close_after_a_confirmed_file_is_a_copy(tmp_path: Path) -> None
         )
         assert lines[1].startswith("filexfer: sent 1 file(s), 5,000 bytes in ")
         watch.wait_for("WARNING event=session.failed .*sender stopped responding")
-        assert sha256(pair.receiver.root / "confirmed.bin") == sha256(source)
-        assert leftovers(pair.receiver.root) == []
+        assert sha256(pair.area / "confirmed.bin") == sha256(source)
+        assert leftovers(pair.area) == []
     finally:
         pair.receiver.stop()
 

@@ -125,7 +125,7 @@ def escape_targets(tmp: Path) -> list[Path]:
 @pytest.mark.parametrize("which", NAME_IDS)
 def test_reject_bad_name(shared: Pair, which: str) -> None:
     """Refused before a byte is written; one WARNING; the session goes on."""
-    root = shared.receiver.root
+    root = shared.area
     name = traversal_names(shared.tmp)[which]
     (shared.tmp / "outside").mkdir(exist_ok=True)
     before = tree(root)
@@ -151,7 +151,7 @@ def test_reject_bad_name(shared: Pair, which: str) -> None:
 
 
 def test_reject_every_bad_name_in_one_session(shared: Pair) -> None:
-    root = shared.receiver.root
+    root = shared.area
     names = traversal_names(shared.tmp)
     before = tree(root)
     watch = LogWatch(shared.receiver)
@@ -194,13 +194,13 @@ def test_bidi_override_name_is_stored_exactly_and_logged_escaped(
     end.finish()
 
     assert [type(m) for m in answer] == [msgs.Accept, msgs.Done]
-    assert (shared.receiver.root / name).read_bytes() == b"MZ"
+    assert (shared.area / name).read_bytes() == b"MZ"
     assert "path=invoice\\u202etxt.exe " in watch.text()
     assert_no_raw_controls(watch.raw())
 
 
 def test_reject_name_that_is_not_utf8(shared: Pair) -> None:
-    before = tree(shared.receiver.root)
+    before = tree(shared.area)
     watch = LogWatch(shared.receiver)
     end = client(shared)
     name = b"bad\xff\xfe.txt"
@@ -209,7 +209,7 @@ def test_reject_name_that_is_not_utf8(shared: Pair) -> None:
 
     assert_ended_with(end, Code.PROTOCOL, "text field is not UTF-8")
     watch.wait_for("WARNING event=session.failed .*not UTF-8")
-    assert tree(shared.receiver.root) == before
+    assert tree(shared.area) == before
 
 
 # -- symlinks already under the root (C02) ------------------------------------
@@ -222,7 +222,7 @@ def links(shared: Pair, tmp_path: Path) -> Path:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "target.txt").write_text("KEEP\n")
-    root = shared.receiver.root
+    root = shared.area
     for name, target in [
         ("l-dir", outside),
         ("l-leaf.txt", outside / "target.txt"),
@@ -242,7 +242,7 @@ LINK_NAMES = ["l-dir/owned.txt", "l-dir/sub/owned.txt", "l-leaf.txt", "l-danglin
 def test_reject_writing_through_existing_symlinks(
     shared: Pair, links: Path, overwrite: bool
 ) -> None:
-    root = shared.receiver.root
+    root = shared.area
     before = tree(root)
     watch = LogWatch(shared.receiver)
     end = client(shared)
@@ -284,7 +284,7 @@ def test_parent_swapped_for_a_symlink_before_data_is_not_followed(
     shared: Pair, links: Path
 ) -> None:
     """C02 race: the parent directory becomes a link after Accept."""
-    root = shared.receiver.root
+    root = shared.area
     (root / "race-a").mkdir()
     end = client(shared)
     file_id = end.offer("race-a/race.txt", 7)
@@ -309,7 +309,7 @@ def test_parent_swapped_for_a_symlink_before_data_is_not_followed(
 def test_parent_swapped_for_a_symlink_during_data_is_not_followed(
     shared: Pair, links: Path
 ) -> None:
-    root = shared.receiver.root
+    root = shared.area
     (root / "race-b").mkdir()
     end = client(shared)
     file_id = end.offer("race-b/race.txt", 14)
@@ -336,7 +336,7 @@ def test_final_name_swapped_for_a_symlink_before_commit(
 ) -> None:
     """Without overwrite the commit refuses (EXISTS); with it the link entry
     itself is replaced by the file. The link's target is never touched."""
-    root = shared.receiver.root
+    root = shared.area
     name = f"race-final-{overwrite}.txt"
     end = client(shared)
     file_id = end.offer(name, 7, overwrite=overwrite)
@@ -373,7 +373,7 @@ def test_never_creates_links_devices_or_unsafe_modes(shared: Pair) -> None:
     end.finish()
 
     for index in range(5):
-        info = os.lstat(shared.receiver.root / f"mode-{index}")
+        info = os.lstat(shared.area / f"mode-{index}")
         assert stat.S_ISREG(info.st_mode)
         assert stat.S_IMODE(info.st_mode) & ~0o755 == 0
 
@@ -390,8 +390,8 @@ def test_reject_more_bytes_than_offered(shared: Pair) -> None:
 
     assert_ended_with(end, Code.PROTOCOL, "more bytes than offered")
     watch.wait_for("WARNING event=session.failed .*more bytes than offered")
-    assert not (shared.receiver.root / "more.bin").exists()
-    assert leftovers(shared.receiver.root) == []
+    assert not (shared.area / "more.bin").exists()
+    assert leftovers(shared.area) == []
 
 
 @pytest.mark.parametrize("claimed", [100, 50], ids=["offered-size", "true-size"])
@@ -405,8 +405,8 @@ def test_reject_fewer_bytes_than_offered(shared: Pair, claimed: int) -> None:
 
     assert_ended_with(end, Code.PROTOCOL, "size mismatch")
     watch.wait_for("WARNING event=session.failed .*size mismatch")
-    assert not (shared.receiver.root / name).exists()
-    assert leftovers(shared.receiver.root) == []
+    assert not (shared.area / name).exists()
+    assert leftovers(shared.area) == []
 
 
 def test_reject_data_after_end(shared: Pair) -> None:
@@ -420,8 +420,8 @@ def test_reject_data_after_end(shared: Pair) -> None:
 
     assert_ended_with(end, Code.PROTOCOL, "data for a file that was not accepted")
     watch.wait_for("WARNING event=session.failed")
-    assert (shared.receiver.root / "after-end.bin").read_bytes() == b"complete"
-    assert leftovers(shared.receiver.root) == []
+    assert (shared.area / "after-end.bin").read_bytes() == b"complete"
+    assert leftovers(shared.area) == []
 
 
 def test_reject_digest_mismatch_and_go_on(shared: Pair) -> None:
@@ -437,8 +437,8 @@ def test_reject_digest_mismatch_and_go_on(shared: Pair) -> None:
     assert answer == msgs.Reject(file_id, Code.INTEGRITY, "digest mismatch")
     assert [type(m) for m in good] == [msgs.Accept, msgs.Done]
     assert closing == msgs.Close()
-    assert not (shared.receiver.root / "mismatch.bin").exists()
-    assert leftovers(shared.receiver.root) == []
+    assert not (shared.area / "mismatch.bin").exists()
+    assert leftovers(shared.area) == []
     lines = watch.lines("WARNING")
     assert len(lines) == 1 and "event=transfer.digest_mismatch" in lines[0]
 
@@ -479,7 +479,7 @@ def test_reject_end_for_a_file_that_is_not_current(shared: Pair) -> None:
     assert isinstance(end.recv(), msgs.Accept)
     end.send(msgs.End(1, 1, bytes(32)))
     assert_ended_with(end, Code.PROTOCOL, "not current")
-    assert leftovers(shared.receiver.root) == []
+    assert leftovers(shared.area) == []
 
 
 @pytest.mark.parametrize(
@@ -488,7 +488,7 @@ def test_reject_end_for_a_file_that_is_not_current(shared: Pair) -> None:
         b"",
         b"\x7f",
         b"\x01\x00",
-        bytes([msgs.Kind.OFFER]) + bytes(28) + b"\x02\x00\x01x",
+        bytes([msgs.Kind.OFFER]) + bytes(28) + b"\x08\x00\x01x",
     ],
     ids=["empty", "unknown-type", "truncated-offer", "bad-flags"],
 )
@@ -506,14 +506,14 @@ def test_reject_duplicate_name_in_one_session(shared: Pair) -> None:
 
     assert [type(m) for m in first] == [msgs.Accept, msgs.Done]
     assert second == [msgs.Reject(1, Code.DUPLICATE, "sent twice in one job")]
-    assert (shared.receiver.root / "dup.bin").read_bytes() == b"one"
+    assert (shared.area / "dup.bin").read_bytes() == b"one"
 
 
 def test_offer_flood_without_data_is_cut_off(shared: Pair) -> None:
     """Offers beyond any honest pipeline depth end the session: the
     receiver's queue of pending files (and its memory) stays bounded."""
     watch = LogWatch(shared.receiver)
-    before = tree(shared.receiver.root)
+    before = tree(shared.area)
     end = client(shared)
     records = [
         end.sealer.seal(msgs.encode(msgs.Offer(i, 1, 0, 0o644, False, f"fl-{i}")))
@@ -536,7 +536,7 @@ def test_offer_flood_without_data_is_cut_off(shared: Pair) -> None:
     assert answer.code == Code.PROTOCOL
     assert len(answers) <= 1024
     watch.wait_for("WARNING event=session.failed")
-    assert tree(shared.receiver.root) == before
+    assert tree(shared.area) == before
     assert shared.receiver.peak_rss_kib() < 100 * 1024
 
 
@@ -574,7 +574,7 @@ def test_max_record_limit_is_enforced(tmp_path: Path) -> None:
         source = random_file(tmp_path / "src" / "small-records.bin", 5000)
         done = pair.put(source)
         assert done.returncode == 0, done.stderr
-        assert sha256(pair.receiver.root / "small-records.bin") == sha256(source)
+        assert sha256(pair.area / "small-records.bin") == sha256(source)
     finally:
         pair.receiver.stop()
 
@@ -601,7 +601,7 @@ def test_name_length_and_depth_limits_are_enforced(tmp_path: Path) -> None:
             "bad path: name is too long",
             "bad path: too many directory levels",
         ]
-        assert tree(pair.receiver.root) == {"a" * 20, "c", "c/d", "c/d/e"}
+        assert tree(pair.area) == {"a" * 20, "c", "c/d", "c/d/e"}
     finally:
         pair.receiver.stop()
 
@@ -640,7 +640,7 @@ def test_free_space_margin_is_enforced(tmp_path: Path) -> None:
         assert len(answer) == 1 and isinstance(answer[0], msgs.Reject)
         assert answer[0].code == Code.NO_SPACE
         assert answer[0].reason.startswith("not enough space (needs 0.0 MiB, ")
-        assert tree(pair.receiver.root) == set()
+        assert tree(pair.area) == set()
     finally:
         pair.receiver.stop()
 
@@ -697,7 +697,7 @@ def test_hostile_texts_in_error_and_abort_are_logged_escaped(shared: Pair) -> No
     assert_no_raw_controls(watch.raw())
     assert "reason=\\x1b[2J\\rgone" in watch.text()
     assert "\\x1b]0;owned\\x07\\u202eboom" in watch.text()
-    assert leftovers(shared.receiver.root) == []
+    assert leftovers(shared.area) == []
 
 
 CONTROL_REASON = "\x1b]0;owned\x07\x1b[2J\r\u202eevil\x9b31m"
@@ -765,7 +765,7 @@ def test_sender_output_escapes_names(shared: Pair, tmp_path: Path) -> None:
         "harmless-c03.txt",
         "invoice\u202ec03.exe",
     }
-    assert (shared.receiver.root / "invoice\u202ec03.exe").exists()
+    assert (shared.area / "invoice\u202ec03.exe").exists()
     watch.wait_for("path=invoice\\\\u202ec03.exe ")
     assert_no_raw_controls(watch.raw())
 

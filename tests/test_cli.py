@@ -69,7 +69,7 @@ def source(tmp_path: Path) -> Path:
 
 
 def nothing_arrived(receiver: Receiver) -> bool:
-    return list(receiver.root.iterdir()) == []
+    return not any(path.is_file() for path in receiver.root.rglob("*"))
 
 
 # -- trust: pinning the receiver -----------------------------------------------
@@ -95,7 +95,7 @@ def test_put_accept_new_pins_and_later_puts_need_no_flag(
     first = cli(
         ["put", "--accept-new", source, pair.receiver.address], pair.sender_home
     )
-    (pair.receiver.root / "report.bin").unlink()
+    (pair.area / "report.bin").unlink()
     second = cli(["put", source, pair.receiver.address], pair.sender_home)
 
     for done in (first, second):
@@ -105,7 +105,7 @@ def test_put_accept_new_pins_and_later_puts_need_no_flag(
     pins = (pair.sender_home / KNOWN_FILE).read_text().splitlines()
     receiver_key = load_identity(pair.receiver.home).public_line
     assert pins == [f"{pair.receiver.address} {receiver_key}"]
-    assert sha256(pair.receiver.root / "report.bin") == sha256(source)
+    assert sha256(pair.area / "report.bin") == sha256(source)
 
 
 def test_put_fingerprint_pins_the_receiver(pair: Pair, source: Path) -> None:
@@ -212,7 +212,7 @@ def test_put_interactive_yes_pins_only_after_the_answer_then_sends(
     assert (pair.sender_home / KNOWN_FILE).read_text() == (
         f"{pair.receiver.address} {receiver_key}\n"
     )
-    assert sha256(pair.receiver.root / "report.bin") == sha256(source)
+    assert sha256(pair.area / "report.bin") == sha256(source)
     assert pair.receiver.log().count("event=session.start") == 1
 
 
@@ -495,7 +495,12 @@ def test_put_json_prints_one_object_per_file(pair: Pair, tmp_path: Path) -> None
             "digest",
             "digest_algorithm",
             "seconds",
+            "type",
+            "unchanged",
+            "resumed_from",
         }
+        assert (record["type"], record["unchanged"]) == ("file", False)
+        assert record["resumed_from"] == 0
         assert record["name"] == path.name
         assert record["path"] == str(path)
         assert record["status"] == "ok"
@@ -506,7 +511,7 @@ def test_put_json_prints_one_object_per_file(pair: Pair, tmp_path: Path) -> None
 
 
 def test_put_json_reports_failures_with_their_code(pair: Pair, tmp_path: Path) -> None:
-    (pair.receiver.root / "taken.txt").write_bytes(b"old")
+    (pair.area / "taken.txt").write_bytes(b"old")
     sources = [
         random_file(tmp_path / "src" / "fine.txt", 10),
         random_file(tmp_path / "src" / "taken.txt", 10),
@@ -639,11 +644,11 @@ def test_put_quiet_prints_nothing_on_success(pair: Pair, source: Path) -> None:
 
     assert done.returncode == 0
     assert (done.stdout, done.stderr) == ("", "")
-    assert sha256(pair.receiver.root / "report.bin") == sha256(source)
+    assert sha256(pair.area / "report.bin") == sha256(source)
 
 
 def test_put_quiet_still_reports_errors(pair: Pair, source: Path) -> None:
-    (pair.receiver.root / "report.bin").write_bytes(b"old")
+    (pair.area / "report.bin").write_bytes(b"old")
 
     done = pair.put("--quiet", source)
 
@@ -690,7 +695,7 @@ def test_put_on_a_terminal_several_files_and_a_tree(pair: Pair, tmp_path: Path) 
     last = terminal.rstrip("\r\n").splitlines()[-1]
     assert last.startswith("filexfer: sent 4 file(s), 4,195,304 bytes in ")
     for name in ["one.bin", "two.bin", "tree/deep/three.bin", "tree/four.bin"]:
-        assert (pair.receiver.root / name).is_file()
+        assert (pair.area / name).is_file()
 
 
 def test_put_on_a_terminal_with_no_progress(pair: Pair, source: Path) -> None:
@@ -710,7 +715,7 @@ def test_put_on_a_terminal_quiet_prints_nothing(pair: Pair, source: Path) -> Non
 
 
 def test_put_on_a_terminal_error_is_one_clean_line(pair: Pair, source: Path) -> None:
-    (pair.receiver.root / "report.bin").write_bytes(b"old")
+    (pair.area / "report.bin").write_bytes(b"old")
 
     code, stdout, terminal = terminal_put(pair, source)
 
@@ -737,7 +742,7 @@ def test_recv_once_exits_zero_after_one_session(
     assert pair.receiver.process.wait(30) == 0
     assert "event=recv.stopped" in pair.receiver.log()
     assert pair.receiver.log().count("event=session.start") == 1
-    assert sha256(pair.receiver.root / "report.bin") == sha256(source)
+    assert sha256(pair.area / "report.bin") == sha256(source)
 
 
 def test_recv_once_is_not_used_up_by_a_stranger(
@@ -762,14 +767,14 @@ def test_recv_once_exits_zero_when_it_refused_a_file(
 ) -> None:
     """A refusal is the sender's failure; the session itself ended well."""
     pair = make_pair("--once")
-    (pair.receiver.root / "report.bin").write_bytes(b"old")
+    (pair.area / "report.bin").write_bytes(b"old")
 
     done = pair.put(source)
 
     assert_one_error(done, 6, "already exists")
     assert pair.receiver.process is not None
     assert pair.receiver.process.wait(30) == 0
-    assert (pair.receiver.root / "report.bin").read_bytes() == b"old"
+    assert (pair.area / "report.bin").read_bytes() == b"old"
     assert "event=session.end" in pair.receiver.log()
 
 

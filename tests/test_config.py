@@ -483,7 +483,7 @@ def test_put_to_a_host_name_pins_by_its_fingerprint_without_asking(
 
     assert done.returncode == 0, done.stderr
     assert "filexfer: sent 1 file(s)" in done.stderr
-    assert sha256(pair.receiver.root / "night.bin") == sha256(source)
+    assert sha256(pair.area / "night.bin") == sha256(source)
     pins = (pair.sender_home / KNOWN_FILE).read_text().split()
     assert pins[0] == pair.receiver.address
     assert pins[1] == load_identity(pair.receiver.home).public_line
@@ -500,7 +500,7 @@ def test_put_to_a_host_name_with_a_wrong_fingerprint_exits_4(
     assert done.returncode == 4, done.stderr
     assert "not the fingerprint given" in done.stderr
     assert done.stdout == ""
-    assert list(pair.receiver.root.iterdir()) == []
+    assert list(pair.area.iterdir()) == []
     assert not (pair.sender_home / KNOWN_FILE).exists()
 
 
@@ -516,7 +516,7 @@ def test_put_fingerprint_flag_wins_over_the_host_section(
     )
 
     assert done.returncode == 0, done.stderr
-    assert (pair.receiver.root / "night.bin").exists()
+    assert (pair.area / "night.bin").exists()
 
 
 def test_put_overwrite_precedence(pair: Pair, tmp_path: Path) -> None:
@@ -533,9 +533,12 @@ def test_put_overwrite_precedence(pair: Pair, tmp_path: Path) -> None:
         paths[name].write_text(text)
 
     def put(layer: str, *flags: str) -> int:
+        # New content each time, of the same size: never skipped as identical.
+        random_file(source, 1000, seed=next(seeds))
         args = ["--config", paths[layer], "put", *flags, source, "backup-host"]
         return cli(args, pair.sender_home).returncode
 
+    seeds = iter(range(530, 540))
     assert put("built-in") == 0  # the first copy
     assert put("built-in") == 6  # exists: not replaced by default
     assert put("put") == 0  # [put] overwrite = true
@@ -611,7 +614,8 @@ def test_recv_takes_dir_listen_and_limits_from_the_file(
     authorize_sender(sender_home, receiver_home)
     write_config(
         receiver_home,
-        '[recv]\ndir = "incoming"\nlisten = "127.0.0.1:0"\nmax_name_bytes = 8\n',
+        '[recv]\ndir = "incoming"\nlisten = "127.0.0.1:0"\nmax_name_bytes = 8\n'
+        "shared = true\n",
     )
     short = random_file(tmp_path / "src" / "a.bin", 500, seed=70)
     long = random_file(tmp_path / "src" / "long-name.bin", 500, seed=71)
@@ -639,6 +643,7 @@ def test_recv_flags_win_over_the_file(
     )
     long = random_file(tmp_path / "src" / "long-name.bin", 500, seed=72)
     flags: list[str | Path] = ["--dir", tmp_path / "out", "--max-name-bytes", "64"]
+    flags.append("--shared")
     receiver = RecvProcess(
         ["recv", *flags, "--listen", "127.0.0.1:0", "--once"],
         receiver_home,

@@ -20,6 +20,7 @@ from filexfer.keys import (
     PRIVATE_PREFIX,
     KnownReceivers,
     allow_sender,
+    area_for,
     authorized_senders,
     check_fingerprint_text,
     check_pin,
@@ -500,9 +501,12 @@ def test_cli_allow_reports_and_exits_zero(tmp_path: Path) -> None:
     second = cli(["allow", line], tmp_path)
 
     assert (first.returncode, first.stdout) == (0, "")
-    assert first.stderr == f"filexfer: authorized: {line}\n"
+    area = area_for(decode_public(line))
+    assert first.stderr == f"filexfer: authorized: {line} (read-write, area {area})\n"
     assert (second.returncode, second.stdout) == (0, "")
-    assert second.stderr == f"filexfer: already authorized: {line}\n"
+    assert second.stderr == (
+        f"filexfer: already authorized: {line} (read-write, area {area})\n"
+    )
     assert (tmp_path / AUTHORIZED_FILE).read_text() == f"{line} alice\n"
 
 

@@ -38,9 +38,9 @@ def test_mixed_large_and_small_files_arrive_identical(pair: Pair) -> None:
     assert sorted(r["name"] for r in reports) == [f"mixed/{n}" for n in sizes]
     assert all(r["status"] == "ok" for r in reports)
     for name in sizes:
-        arrived = pair.receiver.root / "mixed" / name
+        arrived = pair.area / "mixed" / name
         assert sha256(arrived) == sha256(source / name), name
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
 
 
 def test_many_small_files_are_all_durable_and_confirmed(pair: Pair) -> None:
@@ -57,12 +57,12 @@ def test_many_small_files_are_all_durable_and_confirmed(pair: Pair) -> None:
     assert len(reports) == 600
     assert all(r["status"] == "ok" for r in reports)
     arrived = sorted(
-        p.relative_to(pair.receiver.root).as_posix()
-        for p in Path(pair.receiver.root).rglob("*")
+        p.relative_to(pair.area).as_posix()
+        for p in Path(pair.area).rglob("*")
         if p.is_file()
     )
     assert arrived == sorted(f"many/{r['name'].split('/', 1)[1]}" for r in reports)
-    assert leftovers(pair.receiver.root) == []
+    assert leftovers(pair.area) == []
     pair.receiver.wait_for_log(r"event=session\.end .* files=600")
 
 
@@ -82,15 +82,13 @@ def test_small_files_are_committed_before_a_large_file_streams(pair: Pair) -> No
         with running(process):
             assert proxy.holding.wait(20)
             pair.receiver.wait_for_log(r"transfer\.complete .*path=first-small\.txt")
-            assert (pair.receiver.root / "first-small.txt").read_bytes() == (
-                b"small and done\n"
-            )
-            assert not (pair.receiver.root / "then-large.bin").exists()
+            assert (pair.area / "first-small.txt").read_bytes() == (b"small and done\n")
+            assert not (pair.area / "then-large.bin").exists()
             proxy.release()
             _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 0, stderr
-    assert sha256(pair.receiver.root / "then-large.bin") == sha256(large)
+    assert sha256(pair.area / "then-large.bin") == sha256(large)
 
 
 def test_finished_file_is_committed_within_a_second_while_the_next_streams(
@@ -116,10 +114,10 @@ def test_finished_file_is_committed_within_a_second_while_the_next_streams(
             pair.receiver.wait_for_log(
                 r"transfer\.complete .*path=done-first\.txt", timeout=10
             )
-            assert (pair.receiver.root / "done-first.txt").read_bytes() == b"finished\n"
+            assert (pair.area / "done-first.txt").read_bytes() == b"finished\n"
             proxy.release()
             _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 0, stderr
-    assert sha256(pair.receiver.root / "still-coming.bin") == sha256(medium)
-    assert leftovers(pair.receiver.root) == []
+    assert sha256(pair.area / "still-coming.bin") == sha256(medium)
+    assert leftovers(pair.area) == []

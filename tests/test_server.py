@@ -41,7 +41,7 @@ def test_damaged_authorized_senders_keeps_the_last_good_list(
     done = pair.put(source)
 
     assert done.returncode == 0, done.stderr
-    assert (pair.receiver.root / "a.txt").read_bytes() == SAMPLE
+    assert (pair.area / "a.txt").read_bytes() == SAMPLE
     pair.receiver.wait_for_log(r"ERROR event=recv\.config_error reason=.*line 2")
 
 
@@ -54,7 +54,7 @@ def test_removed_sender_is_refused_at_once(pair: Pair, tmp_path: Path) -> None:
     done = pair.put(source)
 
     assert done.returncode == 4, done.stderr
-    assert not (pair.receiver.root / "b.txt").exists()
+    assert not (pair.area / "b.txt").exists()
     pair.receiver.wait_for_log(r"event=session\.unauthorized")
 
 
@@ -74,4 +74,4 @@ def test_once_exits_soon_after_its_session(
     except subprocess.TimeoutExpired as exc:
         raise AssertionError("recv --once kept running") from exc
     assert code == 0
-    assert (pair.receiver.root / "c.txt").read_bytes() == SAMPLE
+    assert (pair.area / "c.txt").read_bytes() == SAMPLE

@@ -1,0 +1,158 @@
+"""What ``recv`` does for ``ls`` and ``get``: list an area, send files back.
+
+How this works
+--------------
+A session whose first message is ``List`` or ``Get`` reads instead of
+writes.  Every name it asks about is looked up in the key's area through
+the same :class:`LocalStore` that confines uploads: no absolute path, no
+``..``, no symlink followed, part files never shown.
+
+``List`` is answered with one ``Entry`` per file or directory, then
+``Close``.  ``Get`` requests are collected until the one marked last;
+then every file they name (a directory's whole tree with ``recursive``,
+empty directories included) is sent back with the sender's engine, the
+same pipelined offers, digests and confirmations as an upload.  A name
+that does not exist, or a directory asked for without ``recursive``,
+ends the session with an ``Error`` before anything is offered.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from . import messages as msgs
+from .errors import Code, FilexferError, ProtocolError, RefusedError
+from .printable import printable
+from .sender import Source, send_files
+from .session import Channel
+from .storage import LocalStore, StoredEntry
+
+log = logging.getLogger(__name__)
+
+# A download job names at most this many paths; each costs a little memory.
+MAX_REQUESTS = 1024
+
+
+def serve_reading(
+    channel: Channel, store: LocalStore, first: msgs.List | msgs.Get, session_id: str
+) -> int:
+    """Answer a listing or a download; return how many entries or files.
+
+    Raises:
+        FilexferError: the request failed; the peer has been told.
+    """
+    try:
+        if isinstance(first, msgs.List):
+            return _serve_list(channel, store, first)
+        return _serve_get(channel, store, first, session_id)
+    except FilexferError as exc:
+        channel.tell(exc)
+        raise
+
+
+def _serve_list(channel: Channel, store: LocalStore, request: msgs.List) -> int:
+    count = 0
+    channel.cork()
+    for entry in store.entries(request.name, request.recursive):
+        channel.send(_entry_message(entry))
+        count += 1
+    channel.send(msgs.Close())
+    channel.flush()
+    _expect_close(channel)
+    return count
+
+
+def _entry_message(entry: StoredEntry) -> msgs.Entry:
+    return msgs.Entry(
+        entry.size,
+        entry.mtime_ns,
+        entry.mode,
+        entry.directory,
+        entry.digest,
+        entry.name,
+    )
+
+
+def _expect_close(channel: Channel) -> None:
+    reply = channel.recv()
+    if not isinstance(reply, msgs.Close):
+        raise ProtocolError(f"unexpected {type(reply).__name__} after the listing")
+
+
+def _serve_get(
+    channel: Channel, store: LocalStore, first: msgs.Get, session_id: str
+) -> int:
+    sources = _sources(store, _requests(channel, first))
+    results, error = send_files(channel, sources)
+    for result in results:
+        if result.ok:
+            log.info(
+                "event=get.complete session=%s key=%s path=%s bytes=%d unchanged=%s",
+                session_id,
+                channel.peer_short,
+                printable(result.name),
+                result.size,
+                str(result.unchanged).lower(),
+            )
+    if error is not None:
+        raise error
+    return sum(result.ok for result in results)
+
+
+def _requests(channel: Channel, first: msgs.Get) -> list[msgs.Get]:
+    """Every Get of the job, up to the one marked last."""
+    requests = [first]
+    while not requests[-1].last:
+        if len(requests) >= MAX_REQUESTS:
+            raise ProtocolError(f"more than {MAX_REQUESTS} names in one download")
+        message = channel.recv()
+        if not isinstance(message, msgs.Get):
+            raise ProtocolError(f"unexpected {type(message).__name__} in a download")
+        requests.append(message)
+    return requests
+
+
+def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
+    """The stored files (and empty directories) the requests name, in order.
+
+    Raises:
+        RefusedError: a name does not exist, is a directory asked for
+            without recursive, or is asked for twice.
+    """
+    sources: list[Source] = []
+    seen: set[str] = set()
+    for request in requests:
+        if request.name in seen:
+            raise RefusedError(
+                f"{printable(request.name)!r} asked for twice", Code.DUPLICATE
+            )
+        seen.add(request.name)
+        if store.is_directory(request.name) and not request.recursive:
+            raise RefusedError(
+                f"{printable(request.name)!r} is a directory (use -r)",
+                Code.NOT_REGULAR,
+            )
+        sources.extend(_tree(store, request.name))
+    return sources
+
+
+def _tree(store: LocalStore, name: str) -> list[Source]:
+    entries = list(store.entries(name, recursive=True))
+    if not entries and store.is_directory(name):
+        # An empty directory asked for by name is created, empty, there.
+        return [Source(os.path.join(store.root, name), name, directory=True)]
+    parents = {entry.name.rpartition("/")[0] for entry in entries}
+    sources = []
+    for entry in entries:
+        if entry.directory and entry.name in parents:
+            continue  # not empty: its files create it on the other side
+        path = os.path.join(store.root, entry.name)
+        opener = functools.partial(_open_stored, store, entry.name)
+        sources.append(Source(path, entry.name, entry.directory, opener))
+    return sources
+
+
+def _open_stored(store: LocalStore, name: str) -> int:
+    return store.open_file(name)[0]

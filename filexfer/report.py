@@ -1,0 +1,182 @@
+"""What a job tells its user: progress bars, per-file JSON, summary, exit.
+
+How this works
+--------------
+Progress bars are drawn with tqdm on stderr, only when asked for (by
+default when stderr is a terminal).  At the end of a job every file gets
+one JSON object on stdout with ``--json``; in a multi-file job each
+file's own error gets one line on stderr, and a summary line follows.
+:func:`job_error` picks the one error (and so the exit code) the whole
+job ends with: 7 when some files failed and others arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .errors import FilexferError, IntegrityError, InterruptError, PartialError
+from .printable import printable
+from .sender import FileResult
+
+
+class Debug:
+    """Whether errors are printed with their traceback (``--debug``)."""
+
+    enabled = False
+
+
+def print_error(exc: FilexferError) -> None:
+    """``filexfer: error: ...`` and its hint, on stderr."""
+    if Debug.enabled:
+        import traceback
+
+        traceback.print_exception(exc)
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    click.echo(f"filexfer: error: {message}", err=True)
+    if exc.hint:
+        click.echo(f"filexfer: hint: {exc.hint}", err=True)
+
+
+class Progress:
+    """tqdm bars on stderr: overall, and per file when there are several."""
+
+    def __init__(self, enabled: bool, total: int, files: int) -> None:
+        self.overall: Any = None
+        self.current: Any = None
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        options: dict[str, Any] = dict(
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=0.2,
+        )
+        desc = "total" if files > 1 else ""
+        self.overall = tqdm(total=total, desc=desc, leave=True, **options)
+        if files > 1:
+            # The per-file bar goes away when done; the total stays.
+            self.current = tqdm(total=0, position=1, leave=False, **options)
+
+    def start(self, name: str, size: int) -> None:
+        if self.current is not None:
+            self.current.reset(total=size)
+            self.current.set_description_str(printable(name)[-40:], refresh=False)
+        elif self.overall is not None:
+            self.overall.set_description_str(printable(name)[-40:], refresh=False)
+
+    def advance(self, count: int) -> None:
+        if self.overall is not None:
+            self.overall.update(count)
+        if self.current is not None:
+            self.current.update(count)
+
+    def close(self) -> None:
+        for bar in (self.current, self.overall):
+            if bar is not None:
+                bar.close()
+
+
+def json_line(result: FileResult) -> str:
+    record: dict[str, object] = {
+        "name": result.name,
+        "path": result.path,
+        "status": "ok" if result.ok else "failed",
+        "bytes": result.size,
+        "digest": result.digest,
+        "digest_algorithm": "blake3",
+        "seconds": round(result.seconds, 6),
+        "type": "directory" if result.directory else "file",
+        "unchanged": result.unchanged,
+        "resumed_from": 0 if result.unchanged else result.held,
+    }
+    if result.error is not None:
+        record["error"] = str(result.error)
+        record["exit_code"] = result.error.exit_code
+    return json.dumps(record, ensure_ascii=True)
+
+
+def report(
+    results: list[FileResult],
+    session_error: FilexferError | None,
+    as_json: bool,
+    quiet: bool,
+    timing: tuple[str, float],
+    final: FilexferError | None = None,
+) -> None:
+    """Print per-file JSON, per-file errors of a multi-file job, a summary.
+
+    ``timing`` is the verb for the summary ("sent", "received") and the
+    job's seconds.  ``final``, the error the job ends with, is left to the
+    caller, so it is printed once; so is the session's error when it is
+    that error or the files it ended share it.
+    """
+    for result in results:
+        if as_json:
+            click.echo(json_line(result))
+        error = result.error
+        if error is not None and error is not session_error and len(results) > 1:
+            click.echo(f"filexfer: error: {error}", err=True)
+    done = [r for r in results if r.ok]
+    if session_error is not None and done and final is not session_error:
+        print_error(session_error)  # the job ends with PartialError instead
+    if quiet or as_json:
+        return
+    if not done and (len(results) == 1 or session_error is not None):
+        return  # nothing arrived; the one error the caller prints says why
+    click.echo(f"filexfer: {summary(results, *timing)}", err=True)
+
+
+def summary(results: list[FileResult], verb: str, seconds: float) -> str:
+    """``sent 3 file(s), 1,024 bytes in 0.20 s (0.0 MB/s), 2 unchanged``."""
+    done = [r for r in results if r.ok and not r.directory]
+    unchanged = sum(r.unchanged for r in done)
+    moved = sum(r.size - r.held for r in done)
+    rate = moved / seconds / 1e6 if seconds > 0 else 0.0
+    failed = sum(not r.ok for r in results)
+    tail = f", {unchanged} unchanged" if unchanged else ""
+    tail += f", {failed} failed" if failed else ""
+    return (
+        f"{verb} {len(done) - unchanged} file(s), {moved:,} bytes in "
+        f"{seconds:.2f} s ({rate:.1f} MB/s){tail}"
+    )
+
+
+def job_error(
+    results: list[FileResult],
+    session_error: FilexferError | None,
+    strict: bool = False,
+) -> FilexferError | None:
+    """The error the whole job ends with, if any file failed.
+
+    7 when some files arrived and others did not; when none arrived, the
+    session's error if it failed, else the error of the (first) failed file.
+    An interruption is always 130.  With ``strict`` (downloads), a peer
+    that broke the protocol or failed an integrity check fails the whole
+    job with that error, whatever arrived before.
+    """
+    if isinstance(session_error, InterruptError):
+        return session_error
+    if strict and isinstance(session_error, IntegrityError):
+        return session_error
+    failed = [r.error for r in results if r.error is not None]
+    if not failed:
+        return None
+    if len(failed) < len(results):
+        return PartialError(f"{len(failed)} of {len(results)} files failed")
+    if session_error is not None:
+        return session_error
+    if len(results) == 1:
+        return failed[0]
+    # The class itself is not rebuilt, as some (RefusedError) need more
+    # arguments than a message.
+    summary = FilexferError(f"all {len(failed)} files failed")
+    summary.exit_code = failed[0].exit_code
+    return summary

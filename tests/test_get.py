@@ -1,0 +1,411 @@
+"""End-to-end tests for the round trip: get, ls, areas, read-only keys,
+skipping identical files, empty folders and metadata.
+
+Every test runs a real `filexfer recv` on 127.0.0.1 and the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from filexfer.keys import allow_sender, area_for, load_identity
+from tests.helpers import (
+    SAMPLE_DATA,
+    Pair,
+    Receiver,
+    cli,
+    leftovers,
+    random_file,
+    sha256,
+)
+
+MiB = 1 << 20
+
+
+def get(pair: Pair, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """`filexfer get --fingerprint FP 127.0.0.1:PORT ARGS...` as the pair's sender."""
+    command = ["get", "--fingerprint", pair.receiver_fingerprint]
+    return cli([*command, pair.receiver.address, *args], pair.sender_home)
+
+
+def ls(pair: Pair, *args: str) -> subprocess.CompletedProcess[str]:
+    command = ["ls", "--fingerprint", pair.receiver_fingerprint]
+    return cli([*command, pair.receiver.address, *args], pair.sender_home)
+
+
+def tree(top: Path) -> dict[str, tuple[str, int, int | None, str | None]]:
+    """Every entry below top: kind, mode, mtime (files) and digest (files)."""
+    found = {}
+    for path in sorted(top.rglob("*")):
+        info = path.lstat()
+        name = path.relative_to(top).as_posix()
+        if stat.S_ISDIR(info.st_mode):
+            found[name] = ("dir", stat.S_IMODE(info.st_mode), None, None)
+        else:
+            mode, mtime = stat.S_IMODE(info.st_mode), info.st_mtime_ns
+            found[name] = ("file", mode, mtime, sha256(path))
+    return found
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """sample_data/ plus what a backup meets: an empty folder, a private
+    file, an executable, a nested empty folder."""
+    top = tmp_path / "src" / "sample_data"
+    shutil.copytree(SAMPLE_DATA, top)
+    (top / "empty-folder").mkdir()
+    (top / "private-empty").mkdir(mode=0o700)
+    (top / "docs" / "deeper" / "still-empty").mkdir(parents=True)
+    secret = top / "docs" / "secret.txt"
+    secret.write_text("only me\n")
+    secret.chmod(0o600)
+    script = top / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    os.utime(script, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    return top
+
+
+# -- the round trip ---------------------------------------------------------
+
+
+def test_put_then_get_round_trip_is_identical(
+    pair: Pair, dataset: Path, tmp_path: Path
+) -> None:
+    """Names, bytes, modes, mtimes and empty folders survive put then get."""
+    assert pair.put("-r", dataset).returncode == 0
+    download = tmp_path / "download"
+
+    done = get(pair, "-r", "-o", download, "sample_data")
+
+    assert done.returncode == 0, done.stderr
+    assert tree(download / "sample_data") == tree(dataset)
+    assert leftovers(download) == []
+
+
+def test_get_one_file_lands_under_its_last_name(pair: Pair, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "src" / "report.txt", 5000, seed=1)
+    assert pair.put(source).returncode == 0
+    (pair.area / "sub").mkdir()
+    shutil.copy2(source, pair.area / "sub" / "inner.txt")
+
+    first = get(pair, "-o", tmp_path / "dl", "report.txt")
+    second = get(pair, "-o", tmp_path / "dl", "sub/inner.txt")
+
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
+        "inner.txt",
+        "report.txt",
+    ]
+    assert sha256(tmp_path / "dl" / "report.txt") == sha256(source)
+
+
+def test_get_json_reports_each_file(pair: Pair, dataset: Path, tmp_path: Path) -> None:
+    pair.put("-r", dataset)
+
+    done = get(pair, "--json", "-r", "-o", tmp_path / "dl", "sample_data")
+
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    files = [r for r in records if r["type"] == "file"]
+    assert done.returncode == 0
+    assert {r["status"] for r in records} == {"ok"}
+    assert len(files) == sum(1 for p in dataset.rglob("*") if p.is_file())
+    readme = next(r for r in files if r["name"] == "sample_data/README.txt")
+    assert readme["bytes"] == (dataset / "README.txt").stat().st_size
+
+
+def test_get_missing_name_exits_6_and_writes_nothing(
+    pair: Pair, tmp_path: Path
+) -> None:
+    done = get(pair, "-o", tmp_path / "dl", "nothere.txt")
+
+    assert done.returncode == 6
+    assert done.stderr == (
+        "filexfer: error: receiver: 'nothere.txt': no such file or directory\n"
+    )
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_get_directory_without_r_exits_6(pair: Pair, dataset: Path) -> None:
+    pair.put("-r", dataset)
+
+    done = get(pair, "-o", pair.tmp / "dl", "sample_data")
+
+    assert done.returncode == 6
+    assert "is a directory (use -r)" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "a\x1bb"])
+def test_get_bad_remote_name_is_a_usage_error(pair: Pair, name: str) -> None:
+    done = get(pair, "-o", pair.tmp / "dl", name)
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("filexfer: error: cannot get ")
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_get_does_not_replace_a_different_local_file(
+    pair: Pair, tmp_path: Path
+) -> None:
+    source = random_file(tmp_path / "src" / "data.bin", 4000, seed=5)
+    pair.put(source)
+    local = random_file(tmp_path / "dl" / "data.bin", 4000, seed=6)
+    before = sha256(local)
+
+    refused = get(pair, "-o", tmp_path / "dl", "data.bin")
+    replaced = get(pair, "--overwrite", "-o", tmp_path / "dl", "data.bin")
+
+    assert refused.returncode == 6 and "already exists" in refused.stderr
+    assert before != sha256(source)
+    assert replaced.returncode == 0, replaced.stderr
+    assert sha256(local) == sha256(source)
+
+
+# -- listing -----------------------------------------------------------------
+
+
+def test_ls_shows_names_sizes_and_digests(pair: Pair, dataset: Path) -> None:
+    pair.put("-r", dataset)
+
+    table = ls(pair, "-r")
+    listing = ls(pair, "--json", "-r", "sample_data/docs")
+
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert any(line.endswith(" sample_data/") for line in lines)
+    assert any(line.endswith(" sample_data/empty-folder/") for line in lines)
+    readme = next(line for line in lines if line.endswith("sample_data/README.txt"))
+    assert readme.startswith("-rw-r--r-- ")
+    entries = [json.loads(line) for line in listing.stdout.splitlines()]
+    by_name = {e["name"]: e for e in entries}
+    notes = by_name["sample_data/docs/notes.md"]
+    assert notes["bytes"] == (dataset / "docs" / "notes.md").stat().st_size
+    assert notes["mode"] == "0644"
+    if notes["digest"] is not None:  # where the file system keeps it
+        from blake3 import blake3
+
+        expected = blake3((dataset / "docs" / "notes.md").read_bytes()).hexdigest()
+        assert notes["digest"] == expected
+    assert by_name["sample_data/docs/secret.txt"]["mode"] == "0600"
+
+
+def test_ls_of_an_empty_area_prints_nothing(pair: Pair) -> None:
+    done = ls(pair)
+
+    assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_ls_missing_path_exits_6(pair: Pair) -> None:
+    done = ls(pair, "nothing/here")
+
+    assert done.returncode == 6
+    assert "no such file or directory" in done.stderr
+
+
+def test_ls_never_shows_part_files_or_symlinks(pair: Pair, tmp_path: Path) -> None:
+    (pair.area / "real.txt").write_text("x")
+    (pair.area / ".filexfer-0123456789abcdef.part").write_text("partial")
+    (pair.area / "link").symlink_to("/etc/passwd")
+
+    done = ls(pair, "--json")
+
+    names = [json.loads(line)["name"] for line in done.stdout.splitlines()]
+    assert names == ["real.txt"]
+    assert get(pair, "-o", tmp_path / "dl", "link").returncode == 6
+
+
+# -- areas and read-only keys ---------------------------------------------------
+
+
+@pytest.fixture
+def other(tmp_path: Path, pair: Pair) -> Pair:
+    """A second sender, authorized at the same receiver with its own area."""
+    home = tmp_path / "other-home"
+    identity = load_identity(home)
+    allow_sender(identity.public_line, "other", pair.receiver.home)
+    return Pair(home, pair.receiver, tmp_path, pair.receiver_fingerprint)
+
+
+def test_one_sender_cannot_list_read_or_overwrite_anothers_files(
+    pair: Pair, other: Pair, tmp_path: Path
+) -> None:
+    mine = random_file(tmp_path / "mine" / "ledger.txt", 3000, seed=7)
+    theirs = random_file(tmp_path / "theirs" / "ledger.txt", 3000, seed=8)
+    assert pair.put(mine).returncode == 0
+
+    listed = ls(other)
+    fetched = get(other, "-o", tmp_path / "stolen", "ledger.txt")
+    written = other.put(theirs, "--overwrite")
+
+    assert (listed.returncode, listed.stdout) == (0, "")
+    assert fetched.returncode == 6
+    assert list((tmp_path / "stolen").iterdir()) == []
+    assert written.returncode == 0  # into its own area
+    assert other.area != pair.area
+    assert sha256(pair.area / "ledger.txt") == sha256(mine)
+    assert sha256(other.area / "ledger.txt") == sha256(theirs)
+
+
+def test_area_names_cannot_be_used_to_escape(pair: Pair, other: Pair) -> None:
+    """The area is chosen by the receiver, never by what a sender asks for."""
+    done = ls(other, f"../{pair.area.name}")
+
+    assert done.returncode == 2
+    assert "bad path" in done.stderr
+
+
+def test_read_only_key_can_list_and_get_but_not_put(
+    pair: Pair, tmp_path: Path, dataset: Path
+) -> None:
+    pair.put("-r", dataset)
+    reader_home = tmp_path / "reader-home"
+    reader = load_identity(reader_home)
+    allowed = cli(
+        ["allow", "--read-only", "--area", pair.area.name, reader.public_line],
+        pair.receiver.home,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "read-only" in allowed.stderr
+    viewer = Pair(reader_home, pair.receiver, tmp_path, pair.receiver_fingerprint)
+    upload = random_file(tmp_path / "evil" / "README.txt", 10, seed=9)
+
+    listed = ls(viewer, "sample_data")
+    fetched = get(viewer, "-r", "-o", tmp_path / "copy", "sample_data")
+    refused = viewer.put(upload, "--overwrite")
+
+    assert listed.returncode == 0 and "README.txt" in listed.stdout
+    assert fetched.returncode == 0, fetched.stderr
+    assert tree(tmp_path / "copy" / "sample_data") == tree(dataset)
+    assert refused.returncode == 4
+    assert refused.stderr == (
+        "filexfer: error: receiver: this key may only list and download here\n"
+    )
+    assert not (pair.area / "README.txt").exists()
+
+
+def test_shared_receiver_stores_in_its_root(
+    start_receiver: Callable[..., Receiver],
+    sender_home: Path,
+    receiver_home: Path,
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import authorize_sender, identity_fingerprint
+
+    authorize_sender(sender_home, receiver_home)
+    receiver = start_receiver("--shared")
+    shared = Pair(sender_home, receiver, tmp_path, identity_fingerprint(receiver_home))
+    source = random_file(tmp_path / "src" / "common.bin", 1000, seed=10)
+
+    assert shared.put(source).returncode == 0
+
+    assert sha256(receiver.root / "common.bin") == sha256(source)
+    sender = load_identity(sender_home, create=False)
+    assert not (receiver.root / area_for(sender.public)).exists()
+
+
+# -- backups: identical files are not sent again -------------------------------
+
+
+def test_second_backup_run_sends_nothing_and_exits_0(pair: Pair, dataset: Path) -> None:
+    first = pair.put("-r", "--json", dataset)
+    second = pair.put("-r", "--json", dataset)
+
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    records = [json.loads(line) for line in second.stdout.splitlines()]
+    files = [r for r in records if r["type"] == "file"]
+    assert files and all(r["unchanged"] for r in files)
+    log = pair.receiver.log()
+    assert log.count("event=transfer.unchanged") == len(files)
+    plain = pair.put("-r", dataset)
+    assert plain.returncode == 0
+    assert plain.stderr.startswith("filexfer: sent 0 file(s), 0 bytes in ")
+    assert f", {len(files)} unchanged" in plain.stderr
+
+
+def test_backup_run_sends_only_the_changed_file(pair: Pair, dataset: Path) -> None:
+    pair.put("-r", dataset)
+    changed = dataset / "docs" / "notes.md"
+    changed.write_text(changed.read_text().upper())  # same size, new bytes
+
+    refused = pair.put("-r", dataset)
+    replaced = pair.put("-r", "--overwrite", "--json", dataset)
+
+    assert refused.returncode == 7  # the one changed file, not replaced
+    assert "'sample_data/docs/notes.md'" in refused.stderr
+    assert "already exists" in refused.stderr
+    records = [json.loads(line) for line in replaced.stdout.splitlines()]
+    sent = [r["name"] for r in records if r["type"] == "file" and not r["unchanged"]]
+    assert replaced.returncode == 0
+    assert sent == ["sample_data/docs/notes.md"]
+    assert sha256(pair.area / "sample_data/docs/notes.md") == sha256(changed)
+
+
+def test_get_again_keeps_identical_local_files(
+    pair: Pair, dataset: Path, tmp_path: Path
+) -> None:
+    pair.put("-r", dataset)
+    get(pair, "-r", "-o", tmp_path / "dl", "sample_data")
+
+    again = get(pair, "-r", "--json", "-o", tmp_path / "dl", "sample_data")
+
+    records = [json.loads(line) for line in again.stdout.splitlines()]
+    assert again.returncode == 0, again.stderr
+    assert all(r["unchanged"] for r in records if r["type"] == "file")
+
+
+# -- what a sent tree may hold ------------------------------------------------
+
+
+def test_symlinks_in_a_sent_tree_are_skipped_with_a_warning(
+    pair: Pair, tmp_path: Path
+) -> None:
+    top = tmp_path / "src" / "tree"
+    top.mkdir(parents=True)
+    (top / "real.txt").write_text("real\n")
+    (top / "out.txt").symlink_to("/etc/passwd")
+    (top / "loop").symlink_to(top)
+
+    done = pair.put("-r", top)
+
+    assert done.returncode == 0, done.stderr
+    assert "skipping" in done.stderr and "out.txt" in done.stderr
+    stored = sorted(p.name for p in (pair.area / "tree").iterdir())
+    assert stored == ["real.txt"]
+    assert not any(p.is_symlink() for p in pair.area.rglob("*"))
+
+
+def test_setuid_and_group_write_bits_are_not_kept(pair: Pair, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "src" / "tool", 100, seed=11)
+    source.chmod(0o4777)
+
+    assert pair.put(source).returncode == 0
+
+    assert stat.S_IMODE((pair.area / "tool").stat().st_mode) == 0o755
+
+
+def test_keep_modes_keeps_group_write_but_never_setuid(
+    make_pair: Callable[..., Pair], tmp_path: Path
+) -> None:
+    keeping = make_pair("--keep-modes")
+    shared = random_file(tmp_path / "src" / "shared.txt", 100, seed=12)
+    shared.chmod(0o664)
+    tool = random_file(tmp_path / "src" / "tool", 100, seed=13)
+    tool.chmod(0o6777)
+
+    assert keeping.put(shared, tool).returncode == 0
+    fetched = get(keeping, "--keep-modes", "-o", tmp_path / "dl", "shared.txt")
+    plain = get(keeping, "-o", tmp_path / "dl2", "shared.txt")
+
+    assert stat.S_IMODE((keeping.area / "shared.txt").stat().st_mode) == 0o664
+    assert stat.S_IMODE((keeping.area / "tool").stat().st_mode) == 0o777
+    assert fetched.returncode == 0 and plain.returncode == 0
+    assert stat.S_IMODE((tmp_path / "dl" / "shared.txt").stat().st_mode) == 0o664
+    assert stat.S_IMODE((tmp_path / "dl2" / "shared.txt").stat().st_mode) == 0o644
