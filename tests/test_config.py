@@ -21,9 +21,9 @@ import pytest
 
 from filexfer import cli as cli_module
 from filexfer import config
-from filexfer.cli import _split_address
 from filexfer.errors import UsageError
 from filexfer.keys import KNOWN_FILE, fingerprint, load_identity
+from filexfer.options import split_address as _split_address
 from tests.helpers import (
     Pair,
     authorize_sender,
