@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.attackers import Proxy, Tamper, open_pair, put_process
+from tests.attackers import S2C, Proxy, Tamper, open_pair, put_process
 from tests.helpers import (
     Pair,
     Receiver,
@@ -30,6 +30,7 @@ from tests.helpers import (
     random_file,
     sha256,
     stray_parts,
+    wait_until,
 )
 
 MiB = 1 << 20
@@ -209,3 +210,47 @@ def test_retry_is_not_used_for_a_trust_failure(pair: Pair, tmp_path: Path) -> No
     assert done.returncode == 4
     assert time.monotonic() - started < 10
     assert "retrying" not in done.stderr
+
+
+def test_retry_resumes_after_the_connection_is_cut(pair: Pair, tmp_path: Path) -> None:
+    """A connection cut mid-file: --retry connects again and sends the rest."""
+    source = random_file(tmp_path / "src" / "cut.bin", 40 * MiB, seed=9)
+    with Proxy(pair.receiver.port, Tamper(cut_at=20 * MiB)) as proxy:
+        command = put_via(pair, proxy.address, "--retry", "3", "--json", source)
+        process = put_process(command, pair.sender_home)
+        wait_until(lambda: proxy.links, "the first connection")
+        proxy.tamper = Tamper()  # the next connection goes through untouched
+        stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    assert "retrying in 1 s (1 of 3)" in stderr
+    assert json.loads(stdout)["resumed_from"] >= 18 * MiB
+    assert sha256(pair.area / "cut.bin") == sha256(source)
+    assert leftovers(pair.area) == []
+
+
+def test_killed_get_resumes_the_download(pair: Pair, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "src" / "back.bin", 40 * MiB, seed=10)
+    assert pair.put(source).returncode == 0
+    dl = tmp_path / "dl"
+    get = ["get", "--fingerprint", pair.receiver_fingerprint]
+    with Proxy(pair.receiver.port, Tamper(direction=S2C, hold_at=20 * MiB)) as proxy:
+        process = put_process(
+            [*get, proxy.address, "-o", dl, "back.bin"], pair.sender_home
+        )
+        assert proxy.holding.wait(60)
+        time.sleep(0.3)
+        process.kill()
+        process.wait()
+        proxy.release()
+    assert not (dl / "back.bin").exists()
+    assert stray_parts(dl) == [] and len(leftovers(dl)) == 1
+
+    done = cli(
+        [*get, pair.receiver.address, "--json", "-o", dl, "back.bin"], pair.sender_home
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resumed_from"] >= 18 * MiB
+    assert sha256(dl / "back.bin") == sha256(source)
+    assert leftovers(dl) == []
