@@ -13,7 +13,9 @@ then every file they name (a directory's whole tree with ``recursive``,
 empty directories included) is sent back with the sender's engine, the
 same pipelined offers, digests and confirmations as an upload.  A name
 that does not exist, or a directory asked for without ``recursive``,
-ends the session with an ``Error`` before anything is offered.
+ends the session with an ``Error`` before anything is offered; so does a
+stored name that breaks the protocol's name rules (it was not put there
+through filexfer), so that a restore is never silently incomplete.
 """
 
 from __future__ import annotations
@@ -27,12 +29,11 @@ from .errors import Code, FilexferError, ProtocolError, RefusedError
 from .printable import printable
 from .sender import Source, send_files
 from .session import Channel
-from .storage import LocalStore, StoredEntry
+from .storage import LocalStore, StoredEntry, check_name
 
 log = logging.getLogger(__name__)
 
-# A download job names at most this many paths; each costs a little memory.
-MAX_REQUESTS = 1024
+MAX_REQUESTS = msgs.MAX_GETS
 
 
 def serve_reading(
@@ -146,12 +147,28 @@ def _tree(store: LocalStore, name: str) -> list[Source]:
     parents = {entry.name.rpartition("/")[0] for entry in entries}
     sources = []
     for entry in entries:
+        _check_sendable(entry.name)
         if entry.directory and entry.name in parents:
             continue  # not empty: its files create it on the other side
         path = os.path.join(store.root, entry.name)
         opener = functools.partial(_open_stored, store, entry.name)
         sources.append(Source(path, entry.name, entry.directory, opener))
     return sources
+
+
+def _check_sendable(name: str) -> None:
+    """Refuse the download of a stored name the other side could not take.
+
+    Such a file was put there by other means (a name with a control
+    character, a tree deeper than the protocol's default limits): the
+    whole download fails, naming it, rather than leave it out silently.
+    """
+    try:
+        check_name(name)
+    except RefusedError as exc:
+        raise RefusedError(
+            f"{printable(name)!r} cannot be sent: {exc}", Code.BAD_PATH
+        ) from None
 
 
 def _open_stored(store: LocalStore, name: str) -> int:

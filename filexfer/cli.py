@@ -29,13 +29,14 @@ from .errors import (
     os_reason,
 )
 from .keys import (
+    Grant,
     Identity,
     allow_sender,
-    area_for,
-    authorized_senders,
     decode_public,
+    describe,
     fingerprint,
     load_identity,
+    sender_grants,
 )
 from .options import (
     DEFAULT_PORT,
@@ -115,7 +116,7 @@ def id_command() -> None:
     "(default: one of its own, named after the key).",
 )
 def allow(key: str, comment: str, read_only: bool, area: str | None) -> None:
-    """Authorize a sender's public key (``fx1...``) on this receiver.
+    """Authorize a sender's public key (the 'fx1...' line) on this receiver.
 
     Each key works in its own area, a folder under the receiver's --dir,
     so that it can neither see nor touch another key's files; keys given
@@ -123,9 +124,8 @@ def allow(key: str, comment: str, read_only: bool, area: str | None) -> None:
     """
     added = allow_sender(key, comment, grant_options=(not read_only, area))
     word = "authorized" if added else "already authorized"
-    where = area or area_for(decode_public(key))
-    access = "read-only" if read_only else "read-write"
-    click.echo(f"filexfer: {word}: {key.split()[0]} ({access}, area {where})", err=True)
+    grant = Grant(decode_public(key), not read_only, area)
+    click.echo(f"filexfer: {word}: {key.split()[0]} ({describe(grant)})", err=True)
 
 
 RECV_EXIT = """\b
@@ -215,8 +215,8 @@ when the session failed. A signal before any session: 0.
 @click.option(
     "--shared",
     is_flag=True,
-    help="Every key works in --dir itself, not in an area of its own "
-    "(a key authorized with --area keeps that area).",
+    help="One area for every key: --dir itself, with all that is in it. "
+    "Refused when a key has an area= of its own.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
 @with_config
@@ -253,7 +253,7 @@ def recv(
     host, port = split_address(listen, listening=True)
     # Read once here so that a damaged file stops the start, with its line
     # number, instead of failing every handshake later.
-    authorized_senders()
+    _check_grants(sender_grants(), shared)
     identity = load_identity()
     config = ServerConfig(
         root=root.resolve(),
@@ -279,6 +279,20 @@ def recv(
     server.serve()
     if server.once_result is not None:
         raise server.once_result
+
+
+def _check_grants(grants: dict[bytes, Grant], shared: bool) -> None:
+    """With --shared every key works in --dir, so no key may have an area.
+
+    An area there would be a folder of the shared one, open to every key.
+    """
+    for grant in grants.values():
+        if shared and grant.area is not None:
+            raise UsageError(
+                f"--shared, but key {fingerprint(grant.key)} has its own area "
+                f"'{grant.area}' in authorized_senders",
+                hint="remove its area= option, or do not use --shared",
+            )
 
 
 def _listen(config: ServerConfig, identity: Identity) -> Server:

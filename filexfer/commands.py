@@ -82,7 +82,7 @@ def put(
         args[-1], (accept_new, given_fp), (connect_timeout, idle_timeout)
     )
     remote = dataclasses.replace(remote, retries=retry)
-    configure_put_logging()
+    configure_put_logging(quiet)
     sources, failures = collect_sources(list(args[:-1]), recursive)
 
     bars = Progress(
@@ -209,10 +209,10 @@ def get(
     )
     remote = dataclasses.replace(remote, retries=retry)
     requests = plan(list(remotes))
-    configure_put_logging()
+    configure_put_logging(quiet)
     logging.getLogger("filexfer.receiver").setLevel(logging.CRITICAL)
-    root = root_option(out_dir)
-    make_root(root)
+    root = root_option(out_dir, "-o")
+    make_root(root, "-o")
     bars = Progress(show_bar(quiet, progress), 0, 1)
     started = time.monotonic()
 

@@ -60,8 +60,12 @@ def plan(remotes: list[str], verb: str = "get") -> list[Request]:
     """Check the remote names given on the command line; name them here.
 
     Raises:
-        UsageError: a name would be refused, or two end in the same name.
+        UsageError: a name would be refused, two end in the same name, one
+            lies inside another, or there are more than the protocol's
+            limit of names.
     """
+    if len(remotes) > msgs.MAX_GETS:
+        raise UsageError(f"at most {msgs.MAX_GETS} names in one {verb}")
     requests: list[Request] = []
     for remote in remotes:
         name = remote.rstrip("/")
@@ -72,8 +76,18 @@ def plan(remotes: list[str], verb: str = "get") -> list[Request]:
         local = name.rsplit("/", 1)[-1]
         if any(r.local == local for r in requests):
             raise UsageError(f"two names end in '{printable(local)}'")
+        for other in requests:
+            if _inside(name, other.remote) or _inside(other.remote, name):
+                raise UsageError(
+                    f"'{printable(name)}' and '{printable(other.remote)}' overlap",
+                    hint="name the folder alone; -r fetches what is inside it",
+                )
         requests.append(Request(name, local))
     return requests
+
+
+def _inside(name: str, folder: str) -> bool:
+    return name.startswith(folder + "/")
 
 
 class _Guard(Watcher):
@@ -149,12 +163,17 @@ class _Guard(Watcher):
         digest: bytes | None,
         error: FilexferError | None,
         held: int = 0,
+        unchanged: bool = False,
     ) -> None:
         path = os.path.join(self.dest, offer.name)
         result = FileResult(offer.name, path, offer.size, directory=offer.directory)
         result.digest, result.error = (digest.hex() if digest else None), error
-        result.held, result.unchanged = held, held == offer.size and digest is not None
-        result.unchanged = result.unchanged and not offer.directory
+        result.held, result.unchanged = held, unchanged
+        if isinstance(error, RefusedError) and offer.name not in str(error):
+            # This side's own refusal ("already exists"): say of which file.
+            result.error = RefusedError(
+                f"'{printable(offer.name)}': {error}", error.code
+            )
         result.seconds = time.monotonic() - self.started
         self.results[offer.file_id] = result
 

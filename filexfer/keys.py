@@ -322,63 +322,104 @@ class Grant:
     area: str | None = None
 
 
+AUTO_AREA_PREFIX = "key-"
+
+
 def area_for(key: bytes) -> str:
     """The default area of a key: a folder name derived from the key alone."""
-    return "key-" + hashlib.sha256(key).hexdigest()[:16]
+    return AUTO_AREA_PREFIX + hashlib.sha256(key).hexdigest()[:16]
 
 
-def check_area(name: str) -> str:
+def check_area(name: str, write: bool = True) -> str:
     """An area is one plain folder name.
 
+    A name of a key's own area (``key-...``) is allowed only for a
+    read-only key: reading another key's files back is what a restore
+    key is for, writing into them would not be expected.
+
     Raises:
-        UsageError: it is empty, has a slash, starts with a dot, or holds
-            anything but letters, digits, ``-``, ``_`` and ``.``.
+        UsageError: it is empty, has a slash, starts with a dot, holds
+            anything but letters, digits, ``-``, ``_`` and ``.``, or is a
+            key's own area given to a key that may write.
     """
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
     if not name or name.startswith(".") or len(name) > 64 or set(name) - allowed:
         raise UsageError(
-            f"bad area name {printable(name)!r}",
+            f"bad area name '{printable(name)}'",
             hint="use up to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+        )
+    if write and name.startswith(AUTO_AREA_PREFIX):
+        raise UsageError(
+            f"bad area name '{printable(name)}': names starting with "
+            f"'{AUTO_AREA_PREFIX}' are the keys' own areas",
+            hint="pick another name, or give this key --read-only",
         )
     return name
 
 
+_OPTIONS_HINT = "options are read-only and area=NAME, comma-separated, before the key"
+
+
 def _grant_from(path: Path, entry: _Entry) -> Grant:
     """Parse ``[OPTIONS] KEY [COMMENT]``; options before the key, as in ssh."""
+
+    def bad(why: str) -> UsageError:
+        where = f"{path}: line {entry.number}"
+        return UsageError(f"{where}: {why}", hint=_OPTIONS_HINT)
+
     if entry.word.startswith(KEY_PREFIX):
-        return Grant(_decode_entry(path, entry, entry.word))
-    key_word = entry.rest.split(None, 1)[0] if entry.rest else ""
+        options, key_word, comment = "", entry.word, entry.rest
+    else:
+        words = entry.rest.split(None, 1) if entry.rest else [""]
+        options, key_word = entry.word, words[0]
+        comment = words[1] if len(words) > 1 else ""
     raw = _decode_entry(path, entry, key_word)
-    write, area = True, None
-    for option in entry.word.split(","):
+    first = comment.split(None, 1)[0] if comment else ""
+    if first == "read-only" or first.startswith("area="):
+        raise bad(f"option {printable(first)[:40]!r} after the key")
+    words = options.split(",") if options else []
+    write, areas = "read-only" not in words, []
+    for option in words:
         name, _, value = option.partition("=")
-        if option == "read-only":
-            write = False
-        elif name == "area" and value:
+        if name == "area" and value:
             try:
-                area = check_area(value)
+                areas.append(check_area(value, write))
             except UsageError as exc:
-                raise UsageError(f"{path}: line {entry.number}: {exc}") from None
-        else:
-            raise UsageError(
-                f"{path}: line {entry.number}: unknown option "
-                f"{printable(option)[:40]!r}",
-                hint="options are read-only and area=NAME, before the key",
-            )
-    return Grant(raw, write, area)
+                raise bad(str(exc)) from None
+        elif option != "read-only":
+            raise bad(f"unknown option {printable(option)[:40]!r}")
+    if len(areas) > 1:
+        raise bad("more than one area=")
+    return Grant(raw, write, areas[0] if areas else None)
 
 
 def sender_grants(home: Path | None = None) -> dict[bytes, Grant]:
     """Return every authorized key with what it may do.
 
     Raises:
-        UsageError: the file cannot be read, or a line holds something
-            that is not a key or an option (the message names the file
-            and line).
+        UsageError: the file cannot be read, a line holds something that
+            is not a key or an option, or a key is listed twice (the
+            message names the file and lines).
     """
     path = (home or config_dir()) / AUTHORIZED_FILE
-    grants = [_grant_from(path, entry) for entry in _entries(path)]
-    return {grant.key: grant for grant in grants}
+    grants: dict[bytes, Grant] = {}
+    lines: dict[bytes, int] = {}
+    for entry in _entries(path):
+        grant = _grant_from(path, entry)
+        if grant.key in grants:
+            raise UsageError(
+                f"{path}: line {entry.number}: the key of line "
+                f"{lines[grant.key]} again",
+                hint="keep one line per key",
+            )
+        grants[grant.key], lines[grant.key] = grant, entry.number
+    return grants
+
+
+def describe(grant: Grant) -> str:
+    """``read-write, area key-...``: what a key may do, for messages."""
+    access = "read-write" if grant.write else "read-only"
+    return f"{access}, area {grant.area or area_for(grant.key)}"
 
 
 def authorized_senders(home: Path | None = None) -> frozenset[bytes]:
@@ -414,10 +455,17 @@ def allow_sender(
         )
     write, area = grant_options
     options = ([] if write else ["read-only"]) + (
-        [f"area={check_area(area)}"] if area is not None else []
+        [f"area={check_area(area, write)}"] if area is not None else []
     )
     home = home or config_dir()
-    if raw in authorized_senders(home):
+    existing = sender_grants(home).get(raw)
+    if existing is not None:
+        if (existing.write, existing.area) != (write, area):
+            raise UsageError(
+                f"{encode_public(raw)} is already authorized with other options "
+                f"({describe(existing)})",
+                hint=f"edit {home / AUTHORIZED_FILE} to change them",
+            )
         return False
     words = [",".join(options)] if options else []
     words.append(encode_public(raw))

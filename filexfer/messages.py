@@ -28,6 +28,7 @@ from typing import Any
 PROTOCOL_VERSION = 1
 DIGEST_LEN = 32
 MAX_TEXT = 4096  # longest name or reason, in UTF-8 bytes
+MAX_GETS = 1024  # most Get requests in one download
 
 
 class MessageError(Exception):

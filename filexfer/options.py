@@ -54,7 +54,7 @@ MAX_SECONDS = 86400.0  # a day: longer timeouts are typing mistakes
 
 EXIT_CODES = """\b
 Exit codes:
-  0  success: every file is durably stored and its digest confirmed
+  0  success (put, get: every file durably stored, its digest confirmed)
   1  unexpected error (a bug; rerun with --debug for the traceback)
   2  usage: bad arguments, options or configuration
   3  cannot connect, connection lost, or the peer stopped responding
@@ -77,12 +77,13 @@ class _CliFormatter(logging.Formatter):
         return f"filexfer: {record.levelname.lower()}: {record.getMessage()}"
 
 
-def configure_put_logging() -> None:
+def configure_put_logging(quiet: bool = False) -> None:
+    """Warnings (a skipped symlink, say) on stderr, unless quiet."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_CliFormatter())
     root = logging.getLogger("filexfer")
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
 
 
 def with_config(command: Callable[..., None]) -> Callable[..., None]:
@@ -169,14 +170,15 @@ class Seconds(click.FloatRange):
         return seconds
 
 
-def root_option(text: str | None) -> Path:
+def root_option(text: str | None, option: str = "--dir") -> Path:
+    """Check a directory option (recv's --dir, get's -o); it may not exist yet."""
     if text is None:
         raise UsageError(
-            "missing option '--dir'",
+            f"missing option '{option}'",
             hint="give --dir DIR, or set dir in the config file's [recv] section",
         )
     if not text:
-        raise UsageError("--dir is empty", hint="name the directory to receive into")
+        raise UsageError(f"{option} is empty", hint="name a directory")
     root = Path(text)
     try:
         info = root.stat()
@@ -184,17 +186,18 @@ def root_option(text: str | None) -> Path:
         return root
     except OSError as exc:
         shown = printable(str(root))
-        raise UsageError(f"cannot use --dir {shown}: {os_reason(exc)}") from exc
+        raise UsageError(f"cannot use {option} {shown}: {os_reason(exc)}") from exc
     if not stat.S_ISDIR(info.st_mode):
-        raise UsageError(f"--dir {printable(str(root))} is not a directory")
+        raise UsageError(f"{option} {printable(str(root))} is not a directory")
     return root
 
 
-def make_root(root: Path) -> None:
+def make_root(root: Path, option: str = "--dir") -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create --dir {root}: {os_reason(exc)}") from exc
+        shown = printable(str(root))
+        raise UsageError(f"cannot create {option} {shown}: {os_reason(exc)}") from exc
 
 
 class _UnknownKeyError(Exception):
@@ -318,7 +321,7 @@ TRUST_OPTIONS = [
         type=click.IntRange(0, 100),
         metavar="N",
         help="After a lost or refused connection, try again up to N times "
-        "(waiting 1, 2, 4... up to 30 s); transfers resume where they stopped.",
+        "(waiting 1, 2, 4... up to 30 s); put and get resume where they stopped.",
     ),
 ]
 OUTPUT_OPTIONS = [
@@ -327,7 +330,11 @@ OUTPUT_OPTIONS = [
         "as_json",
         help="Print one JSON object per file on stdout.",
     ),
-    click.option("-q", "--quiet/--no-quiet", help="No progress bar, no summary."),
+    click.option(
+        "-q",
+        "--quiet/--no-quiet",
+        help="No progress bar, no summary, no warnings; errors only.",
+    ),
     click.option(
         "--progress/--no-progress",
         default=None,

@@ -120,11 +120,13 @@ class Watcher:
         digest: bytes | None,
         error: FilexferError | None,
         held: int = 0,
+        unchanged: bool = False,
     ) -> None:
         """The file is committed (digest) or failed (error).
 
         ``held`` is how many of its bytes this side already had (a resumed
-        part; the whole size for an identical file that was kept).
+        part, or the whole file), ``unchanged`` whether an identical file
+        was already there and kept as it is.
         """
 
     def closing(self) -> None:
@@ -537,7 +539,8 @@ class ReceiveSession:
             incoming.offer.size,
         )
         self.channel.send(msgs.Done(incoming.offer.file_id, end.digest))
-        self.watcher.finished(incoming.offer, end.digest, None, incoming.offer.size)
+        size = incoming.offer.size
+        self.watcher.finished(incoming.offer, end.digest, None, size, unchanged=True)
 
     def _digest_mismatch(self, incoming: _Incoming) -> None:
         self._drop_part(incoming)

@@ -291,8 +291,18 @@ class Server:
         _drain_and_close(channel.sock)
 
     def _area(self, grant: Grant) -> Path:
-        """The folder a key works in, created on its first session."""
-        if grant.area is None and self.config.shared:
+        """The folder a key works in, created on its first session.
+
+        Raises:
+            TrustError: the receiver is --shared but the key's line, added
+                since the start, gives it an area of its own, which the
+                shared area would contain.
+        """
+        if self.config.shared and grant.area is not None:
+            raise TrustError(
+                f"key has area {grant.area} but the receiver runs --shared"
+            )
+        if self.config.shared:
             return self.config.root
         area = self.config.root / (grant.area or area_for(grant.key))
         try:
@@ -304,7 +314,18 @@ class Server:
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
         key = short_fingerprint(channel.peer_key)
         grant = self.grants.get(channel.peer_key, Grant(channel.peer_key))
-        area = self._area(grant)
+        try:
+            area = self._area(grant)
+        except FilexferError as exc:
+            log.error(
+                "event=session.refused session=%s key=%s reason=%s",
+                session_id,
+                key,
+                exc,
+            )
+            channel.tell(exc)
+            self._after_session(exc)
+            return
         log.info(
             "event=session.start session=%s peer=%s key=%s area=%s",
             session_id,

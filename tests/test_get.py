@@ -409,3 +409,125 @@ def test_keep_modes_keeps_group_write_but_never_setuid(
     assert fetched.returncode == 0 and plain.returncode == 0
     assert stat.S_IMODE((tmp_path / "dl" / "shared.txt").stat().st_mode) == 0o664
     assert stat.S_IMODE((tmp_path / "dl2" / "shared.txt").stat().st_mode) == 0o644
+
+
+# -- what a careful user runs into ---------------------------------------------
+
+
+def test_get_of_a_tree_with_a_name_that_cannot_be_sent_fails_loudly(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A file put there by other means, named with an escape: not left out."""
+    (pair.area / "weird").mkdir()
+    (pair.area / "weird" / "good.txt").write_text("ok\n")
+    (pair.area / "weird" / "esc\x1b[31mred").write_text("bad\n")
+
+    done = get(pair, "-r", "-o", tmp_path / "dl", "weird")
+
+    assert done.returncode == 6
+    assert "cannot be sent" in done.stderr and "\\x1b[31mred" in done.stderr
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "names", [["tree", "tree/deep"], ["tree/run.sh", "tree"]], ids=["below", "above"]
+)
+def test_overlapping_remotes_are_a_usage_error(pair: Pair, names: list[str]) -> None:
+    done = get(pair, "-r", "-o", pair.tmp / "dl", *names)
+
+    assert done.returncode == 2
+    assert "overlap" in done.stderr
+
+
+def test_more_remotes_than_the_protocol_allows_is_a_usage_error(pair: Pair) -> None:
+    done = get(pair, "-o", pair.tmp / "dl", *(f"f{i}" for i in range(1025)))
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("filexfer: error: at most 1024 names in one get")
+
+
+def test_get_of_a_new_empty_file_is_not_reported_unchanged(
+    pair: Pair, tmp_path: Path
+) -> None:
+    (pair.area / "empty.bin").write_bytes(b"")
+
+    first = get(pair, "--json", "-o", tmp_path / "dl", "empty.bin")
+    again = get(pair, "--json", "-o", tmp_path / "dl", "empty.bin")
+
+    assert json.loads(first.stdout)["unchanged"] is False
+    assert json.loads(again.stdout)["unchanged"] is True
+
+
+def test_get_names_the_file_it_could_not_store(pair: Pair, tmp_path: Path) -> None:
+    for name in ("a.txt", "b.txt"):
+        (pair.area / name).write_text("stored\n")
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "a.txt").write_text("local, different\n")
+
+    done = get(pair, "-o", tmp_path / "dl", "a.txt", "b.txt")
+
+    assert done.returncode == 7
+    assert "filexfer: error: 'a.txt': already exists" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [("", "-o is empty"), ("afile/sub", "cannot use -o"), ("afile", "'-o'")],
+)
+def test_get_output_errors_name_the_option(
+    pair: Pair, tmp_path: Path, output: str, message: str
+) -> None:
+    (tmp_path / "afile").write_text("x")
+
+    done = cli(
+        [
+            "get",
+            "--fingerprint",
+            pair.receiver_fingerprint,
+            pair.receiver.address,
+            "-o",
+            output and str(tmp_path / output),
+            "x",
+        ],
+        pair.sender_home,
+    )
+
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "--dir" not in done.stderr
+
+
+def test_quiet_put_prints_nothing_for_a_skipped_symlink(
+    pair: Pair, tmp_path: Path
+) -> None:
+    top = tmp_path / "src" / "linked"
+    top.mkdir(parents=True)
+    (top / "real.txt").write_text("real\n")
+    (top / "link").symlink_to(top / "real.txt")
+
+    done = pair.put("-q", "-r", top)
+
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_shared_receiver_refuses_to_start_with_a_key_that_has_an_area(
+    pair: Pair, tmp_path: Path
+) -> None:
+    other = load_identity(tmp_path / "other-home")
+    allow_sender(other.public_line, "", pair.receiver.home, grant_options=(True, "x"))
+
+    done = cli(
+        [
+            "recv",
+            "--dir",
+            tmp_path / "shared-out",
+            "--shared",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        pair.receiver.home,
+    )
+
+    assert done.returncode == 2
+    assert "--shared, but key SHA256:" in done.stderr
+    assert "has its own area 'x'" in done.stderr

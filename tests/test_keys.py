@@ -18,6 +18,7 @@ from filexfer.keys import (
     IDENTITY_FILE,
     KNOWN_FILE,
     PRIVATE_PREFIX,
+    Grant,
     KnownReceivers,
     allow_sender,
     area_for,
@@ -30,6 +31,7 @@ from filexfer.keys import (
     fingerprint,
     load_identity,
     matches_fingerprint,
+    sender_grants,
 )
 from tests.helpers import (
     ROOT,
@@ -603,3 +605,71 @@ def test_check_pin_refuses_a_changed_key() -> None:
     assert fingerprint(RAW) in message and fingerprint(OTHER_RAW) in message
     assert caught.value.hint is not None and "known_receivers" in caught.value.hint
     assert caught.value.exit_code == 4
+
+
+# -- options on authorized_senders lines ---------------------------------------
+
+
+def test_options_before_the_key_give_read_only_and_an_area(tmp_path: Path) -> None:
+    (tmp_path / AUTHORIZED_FILE).write_text(
+        f"read-only,area=laptop {key_line(RAW)} restore\n"
+        f"area=other {key_line(OTHER_RAW)}\n"
+    )
+
+    grants = sender_grants(tmp_path)
+
+    assert (grants[RAW].write, grants[RAW].area) == (False, "laptop")
+    assert (grants[OTHER_RAW].write, grants[OTHER_RAW].area) == (True, "other")
+
+
+def test_a_read_only_key_may_read_another_keys_own_area(tmp_path: Path) -> None:
+    area = area_for(OTHER_RAW)
+    (tmp_path / AUTHORIZED_FILE).write_text(f"area={area},read-only {key_line(RAW)}\n")
+
+    assert sender_grants(tmp_path)[RAW] == Grant(RAW, False, area)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{key} read-only", "option 'read-only' after the key"),
+        ("{key} area=x", "option 'area=x' after the key"),
+        ("area=x,area=y {key}", "more than one area="),
+        ("write {key}", "unknown option 'write'"),
+        ("area=key-0686b558aa80c6a0 {key}", "are the keys' own areas"),
+        ("area=../x {key}", "bad area name '../x'"),
+        ("{key} first\nread-only {key} second", "line 2: the key of line 1 again"),
+    ],
+    ids=[
+        "read-only after",
+        "area after",
+        "two areas",
+        "unknown",
+        "auto area",
+        "dotdot area",
+        "twice",
+    ],
+)
+def test_bad_options_stop_with_the_file_and_line(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    (tmp_path / AUTHORIZED_FILE).write_text(line.format(key=key_line(RAW)) + "\n")
+
+    with pytest.raises(UsageError) as caught:
+        sender_grants(tmp_path)
+
+    assert str(tmp_path / AUTHORIZED_FILE) in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_allow_with_other_options_for_a_listed_key_is_refused(tmp_path: Path) -> None:
+    allow_sender(key_line(RAW), "alice", tmp_path)
+    before = (tmp_path / AUTHORIZED_FILE).read_text()
+
+    with pytest.raises(UsageError, match="already authorized with other options"):
+        allow_sender(key_line(RAW), "", tmp_path, grant_options=(False, None))
+    with pytest.raises(UsageError, match="already authorized with other options"):
+        allow_sender(key_line(RAW), "", tmp_path, grant_options=(True, "other"))
+
+    assert (tmp_path / AUTHORIZED_FILE).read_text() == before
+    assert allow_sender(key_line(RAW), "", tmp_path) is False
