@@ -125,10 +125,15 @@ def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
     sources: list[Source] = []
     seen: set[str] = set()
     for request in requests:
-        if request.name in seen:
-            raise RefusedError(
-                f"{printable(request.name)!r} asked for twice", Code.DUPLICATE
-            )
+        for other in seen:
+            if (
+                request.name == other
+                or request.name.startswith(other + "/")
+                or (other.startswith(request.name + "/"))
+            ):
+                raise RefusedError(
+                    f"{printable(request.name)!r} asked for twice", Code.DUPLICATE
+                )
         seen.add(request.name)
         if store.is_directory(request.name) and not request.recursive:
             raise RefusedError(

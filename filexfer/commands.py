@@ -221,7 +221,10 @@ def get(
             channel = remote.connect()
         except FilexferError as exc:
             return [FileResult(r.local, error=exc) for r in requests], exc
-        store = LocalStore(root, mode_mask=KEEP_MODES_MASK if keep_modes else MODE_MASK)
+        # Every part gets the name a rerun of this download looks for, so
+        # that a killed get leaves nothing the next one does not take over.
+        mask = KEEP_MODES_MASK if keep_modes else MODE_MASK
+        store = LocalStore(root, mode_mask=mask, resume_min=1)
         try:
             options = (recursive, overwrite)
             return get_files(channel, requests, store, options, bars.advance)

@@ -113,6 +113,8 @@ class _Guard(Watcher):
 
     def admit(self, offer: msgs.Offer) -> msgs.Offer:
         local = self._local_name(offer.name)
+        if offer.directory and not self.recursive:
+            raise self._unexpected(offer.name + "/")
         for file_id, earlier in list(self.admitted.items()):
             if earlier.name != local:
                 continue
@@ -156,6 +158,14 @@ class _Guard(Watcher):
 
     def progress(self, count: int) -> None:
         self.on_progress(count)
+
+    def closing(self) -> None:
+        """Every admitted file must have arrived (or been refused) by now."""
+        for file_id, offer in self.admitted.items():
+            if file_id not in self.results:
+                raise ProtocolError(
+                    f"receiver closed without sending '{printable(offer.name)}'"
+                )
 
     def finished(
         self,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -59,7 +60,6 @@ from .errors import (
 from .printable import printable
 from .session import Channel
 from .storage import (
-    RESUME_MIN,
     LocalStore,
     PartFile,
     Placement,
@@ -292,8 +292,8 @@ class ReceiveSession:
         if not isinstance(message, msgs.Close):
             self._dispatch(message)
             return False
-        self.watcher.closing()
         self._flush()
+        self.watcher.closing()
         self.channel.send(msgs.Close())
         self.channel.flush()
         return True
@@ -347,18 +347,21 @@ class ReceiveSession:
             self.channel.send(msgs.Reject(offer.file_id, exc.code, str(exc)))
             self.watcher.finished(offer, None, exc)
             return
-        self.names.add(offer.name)
         if offer.directory:
             # Created (durably) already: accepted and done at once.
             self.channel.send(msgs.Accept(offer.file_id, 0))
             self._confirm(incoming)
             return
+        self.names.add(offer.name)
         self.queue.append(incoming)
         self._accept(incoming)
 
     def _reserve(self, offer: msgs.Offer) -> _Incoming:
         """Check the offer and find what this side already holds of it."""
         if offer.name in self.names:
+            # Only names still on their way are remembered, so that memory
+            # stays bounded; a name offered again after its commit meets
+            # the file it became (exists, or identical).
             raise RefusedError("sent twice in one job", Code.DUPLICATE)
         if offer.directory:
             return _Incoming(offer, self.store.make_directory(offer.name, offer.mode))
@@ -372,7 +375,7 @@ class ReceiveSession:
         incoming = _Incoming(offer, placement)
         if placement.exists:
             incoming.existing = self._existing_digest(incoming)
-        elif not offer.fresh and offer.size >= RESUME_MIN:
+        elif not offer.fresh and placement.resume_name:
             self._resume(incoming)
         return incoming
 
@@ -504,6 +507,7 @@ class ReceiveSession:
         if incoming.offer.file_id != file_id:
             raise ProtocolError("end or abort for a file that is not current")
         self.queue.popleft()
+        self.names.discard(incoming.offer.name)
         return incoming
 
     def _on_end(self, end: msgs.End) -> None:
@@ -558,8 +562,6 @@ class ReceiveSession:
 
     def _on_abort(self, abort: msgs.Abort) -> None:
         incoming = self._take_current(abort.file_id)
-        # The sender may offer it again (fresh, after a copy here differed).
-        self.names.discard(incoming.offer.name)
         if incoming.part is not None:
             self._drop_part(incoming)
         else:
@@ -581,6 +583,7 @@ class ReceiveSession:
         if not self.batch:
             self.batch_started = time.monotonic()
         self.batch.append(incoming)
+        self.names.add(incoming.offer.name)  # until its commit
         self.batch_bytes += incoming.offer.size
         if (
             len(self.batch) >= BATCH_FILES
@@ -607,6 +610,7 @@ class ReceiveSession:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
         if not batch:
             return
+        self.names.difference_update(item.offer.name for item in batch)
         self.writer.drain()
         for item in batch:
             self._finish(item)
@@ -653,7 +657,21 @@ class ReceiveSession:
         try:
             item.part.commit()
         except RefusedError as exc:
+            if exc.code is Code.EXISTS and self._now_identical(item):
+                return  # another session stored the same bytes meanwhile
             self._fail_current(item, exc)
+
+    def _now_identical(self, item: _Incoming) -> bool:
+        """Whether the file that took the name meanwhile has our bytes."""
+        assert item.hasher is not None
+        try:
+            fd, info = self.store.open_file(item.offer.name)
+        except RefusedError:
+            return False
+        if info.st_size != item.offer.size:
+            os.close(fd)
+            return False
+        return digest_of(fd) == item.hasher.digest()
 
     def _confirm(self, item: _Incoming) -> None:
         digest = item.hasher.digest() if item.hasher is not None else EMPTY_DIGEST

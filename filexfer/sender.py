@@ -59,7 +59,7 @@ from .errors import (
 )
 from .printable import printable
 from .session import Channel
-from .storage import check_name
+from .storage import check_name, is_part_name
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,11 @@ def _sources_under(
             path = os.path.join(dirpath, name)
             if os.path.islink(path) or not os.path.isfile(path):
                 log.warning("skipping %s: not a regular file", printable(path))
+                continue
+            if is_part_name(name):
+                log.warning(
+                    "skipping %s: an unfinished filexfer download", printable(path)
+                )
                 continue
             sources.append(Source(path, f"{prefix}/{name}"))
 
@@ -470,6 +475,10 @@ class _Job:
             if decision.offset:
                 raise ProtocolError("receiver resumes without a digest")
             return hasher
+        if opened.fresh:
+            # It was offered fresh because the receiver's copy differed;
+            # claiming a copy again would only start the loop over.
+            raise ProtocolError("receiver claims a copy of a file offered fresh")
         if decision.offset > opened.info.st_size:
             raise ProtocolError("receiver holds more than the file's size")
         assert opened.file is not None

@@ -441,11 +441,13 @@ class LocalStore:
         limits: NameLimits = NameLimits(),
         min_free: int = 1 << 20,
         mode_mask: int = MODE_MASK,
+        resume_min: int = RESUME_MIN,
     ) -> None:
         self.root = root
         self.limits = limits
         self.min_free = min_free
         self.mode_mask = mode_mask
+        self.resume_min = resume_min
         self._reserved = 0
         self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         self._dirs: dict[tuple[str, ...], int] = {}
@@ -488,7 +490,7 @@ class LocalStore:
         exists = self._check_target(parts, overwrite, size if same_size_ok else -1)
         self._check_space(name, 0 if exists else size)
         placement = Placement(name, parts, 0 if exists else size, overwrite, exists)
-        if mtime_ns is not None and size >= RESUME_MIN and not exists:
+        if mtime_ns is not None and size >= self.resume_min and not exists:
             placement.resume_name = _resume_name(name, size, mtime_ns)
         self._reserved += placement.size
         return placement
@@ -715,7 +717,7 @@ class LocalStore:
         removed = 0
         for top, _dirs, files in os.walk(self.root, followlinks=False):
             for name in files:
-                if _is_part(name) and not _worth_keeping(os.path.join(top, name)):
+                if is_part_name(name) and not _worth_keeping(os.path.join(top, name)):
                     try:
                         os.unlink(os.path.join(top, name))
                         removed += 1
@@ -781,7 +783,8 @@ def digest_of(fd: int) -> bytes:
     return hasher.digest()
 
 
-def _is_part(name: str) -> bool:
+def is_part_name(name: str) -> bool:
+    """Whether a file name is one of this store's part files."""
     return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
 
 
@@ -793,20 +796,25 @@ def _entry(name: str, info: os.stat_result, digest: bytes | None) -> StoredEntry
 
 
 def _walk_entries(top_fd: int, top: str, recursive: bool) -> Iterator[StoredEntry]:
-    """Entries below an open directory, sorted, depth first."""
-    with os.scandir(top_fd) as scan:
-        found = sorted(scan, key=lambda item: item.name)
-    for item in found:
-        if _is_part(item.name):
+    """Entries below an open directory, sorted, depth first.
+
+    Only the names of one directory are held at a time (plain strings,
+    the least memory a sorted listing can take).
+    """
+    for last in sorted(os.listdir(top_fd)):
+        if is_part_name(last):
             continue
-        name = f"{top}/{item.name}" if top else item.name
-        info = item.stat(follow_symlinks=False)
+        name = f"{top}/{last}" if top else last
+        try:
+            info = os.stat(last, dir_fd=top_fd, follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile: not part of the listing
         if stat.S_ISREG(info.st_mode):
-            yield _entry(name, info, _stored_digest(top_fd, item.name, info))
+            yield _entry(name, info, _stored_digest(top_fd, last, info))
         elif stat.S_ISDIR(info.st_mode):
             yield _entry(name, info, None)
             if recursive:
-                yield from _walk_below(top_fd, item.name, name)
+                yield from _walk_below(top_fd, last, name)
 
 
 def _walk_below(parent_fd: int, last: str, name: str) -> Iterator[StoredEntry]:

@@ -255,3 +255,45 @@ def test_server_mode_bits_are_reduced_and_mtime_applied_to_the_file_only(
     assert stat.S_IMODE(info.st_mode) == 0o755
     assert info.st_mtime_ns == 1_700_000_000_000_000_000
     assert stat.S_IMODE(dl.stat().st_mode) == before
+
+
+def test_a_directory_in_place_of_the_requested_file_aborts(
+    world: Callable[[Script, list[str]], tuple[int, str]], tmp_path: Path
+) -> None:
+    def script(channel: Channel) -> None:
+        channel.send(msgs.Offer(0, 0, 0, 0o755, False, "report.txt", directory=True))
+        channel.recv()
+        channel.send(msgs.Close())
+
+    code, stderr = world(script, ["report.txt"])
+
+    assert code == 5
+    assert "unexpected file 'report.txt/'" in stderr
+    assert written(tmp_path) == ["dl"]
+
+
+CLOSED_EARLY = {
+    "after the offer": [],
+    "after half the data": [msgs.Data(CONTENT[:5])],
+}
+
+
+@pytest.mark.parametrize("sent", CLOSED_EARLY.values(), ids=CLOSED_EARLY)
+def test_close_before_an_accepted_file_arrived_is_a_protocol_error(
+    world: Callable[[Script, list[str]], tuple[int, str]],
+    tmp_path: Path,
+    sent: list[msgs.Message],
+) -> None:
+    def script(channel: Channel) -> None:
+        channel.send(offer(0, "report.txt"))
+        assert isinstance(channel.recv(), msgs.Accept)
+        for message in sent:
+            channel.send(message)
+        channel.send(msgs.Close())
+
+    code, stderr = world(script, ["--retry", "2", "report.txt"])
+
+    assert code == 5
+    assert stderr == ("filexfer: error: receiver closed without sending 'report.txt'\n")
+    assert "retrying" not in stderr
+    assert written(tmp_path) == ["dl"]

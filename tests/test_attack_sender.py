@@ -499,13 +499,15 @@ def test_reject_malformed_message(shared: Pair, plaintext: bytes) -> None:
 
 
 def test_reject_duplicate_name_in_one_session(shared: Pair) -> None:
+    """Sent again after its commit, a name meets the stored file (EXISTS);
+    sent again while in flight, it is a duplicate (test_attack_resume)."""
     end = client(shared)
     first = end.send_file("dup.bin", b"one")
-    second = end.send_file("dup.bin", b"two")
+    second = end.send_file("dup.bin", b"two!")
     end.finish()
 
     assert [type(m) for m in first] == [msgs.Accept, msgs.Done]
-    assert second == [msgs.Reject(1, Code.DUPLICATE, "sent twice in one job")]
+    assert second == [msgs.Reject(1, Code.EXISTS, "already exists")]
     assert (shared.area / "dup.bin").read_bytes() == b"one"
 
 
