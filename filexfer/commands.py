@@ -8,7 +8,6 @@ propagate to ``cli.main``, which prints them and exits with their code.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import stat
@@ -79,9 +78,8 @@ def put(
     if len(args) < 2:
         raise UsageError("need at least one FILE and a HOST[:PORT]")
     remote = Remote.from_options(
-        args[-1], (accept_new, given_fp), (connect_timeout, idle_timeout)
+        args[-1], (accept_new, given_fp), (connect_timeout, idle_timeout, retry)
     )
-    remote = dataclasses.replace(remote, retries=retry)
     configure_put_logging(quiet)
     sources, failures = collect_sources(list(args[:-1]), recursive)
 
@@ -205,9 +203,8 @@ def get(
     from .getter import get_files, plan
 
     remote = Remote.from_options(
-        host, (accept_new, given_fp), (connect_timeout, idle_timeout)
+        host, (accept_new, given_fp), (connect_timeout, idle_timeout, retry)
     )
-    remote = dataclasses.replace(remote, retries=retry)
     requests = plan(list(remotes))
     configure_put_logging(quiet)
     logging.getLogger("filexfer.receiver").setLevel(logging.CRITICAL)
@@ -268,7 +265,7 @@ def ls_command(
     from .getter import list_remote, plan
 
     remote = Remote.from_options(
-        host, (accept_new, given_fp), (connect_timeout, idle_timeout)
+        host, (accept_new, given_fp), (connect_timeout, idle_timeout, retry)
     )
     name = plan([path], "list")[0].remote if path.strip("/") else ""
 

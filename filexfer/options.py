@@ -369,19 +369,25 @@ class Remote:
 
     @classmethod
     def from_options(
-        cls, target: str, trust: tuple[bool, str | None], times: tuple[float, float]
+        cls,
+        target: str,
+        trust: tuple[bool, str | None],
+        times: tuple[float, float, int],
     ) -> Remote:
-        """Check the target and trust options; load this side's identity."""
+        """Check the target and trust options; load this side's identity.
+
+        ``times`` is (connect timeout, idle timeout, retries).
+        """
         host, port = split_address(target)
         if trust[1] is not None:
             check_fingerprint_text(trust[1])
-        connect_timeout, idle_timeout = times
+        connect_timeout, idle_timeout, retries = times
         timeouts = Timeouts(
             connect=connect_timeout,
             handshake=max(15.0, connect_timeout),
             idle=idle_timeout,
         )
-        return cls(host, port, load_identity(), timeouts, trust, 0)
+        return cls(host, port, load_identity(), timeouts, trust, retries)
 
     def connect(self) -> Channel:
         return connect_trusting(
