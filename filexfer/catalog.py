@@ -57,7 +57,15 @@ def _serve_list(channel: Channel, store: LocalStore, request: msgs.List) -> int:
     count = 0
     channel.cork()
     for entry in store.entries(request.name, request.recursive):
-        channel.send(_entry_message(entry))
+        try:
+            channel.send(_entry_message(entry))
+        except ValueError:
+            # A name longer than the protocol's text field: not listable.
+            log.warning(
+                "event=list.skipped path=%s reason=too_long",
+                printable(entry.name[:200]),
+            )
+            continue
         count += 1
     channel.send(msgs.Close())
     channel.flush()
@@ -66,13 +74,16 @@ def _serve_list(channel: Channel, store: LocalStore, request: msgs.List) -> int:
 
 
 def _entry_message(entry: StoredEntry) -> msgs.Entry:
+    # A name that is not UTF-8 (put there by other means) is shown with
+    # U+FFFD for its bad bytes: listed, though get refuses it by name.
+    raw = entry.name.encode("utf-8", "surrogateescape")
     return msgs.Entry(
         entry.size,
         entry.mtime_ns,
         entry.mode,
         entry.directory,
         entry.digest,
-        entry.name,
+        raw.decode("utf-8", "replace"),
     )
 
 
@@ -132,12 +143,12 @@ def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
                 or (other.startswith(request.name + "/"))
             ):
                 raise RefusedError(
-                    f"{printable(request.name)!r} asked for twice", Code.DUPLICATE
+                    f"'{printable(request.name)}' asked for twice", Code.DUPLICATE
                 )
         seen.add(request.name)
         if store.is_directory(request.name) and not request.recursive:
             raise RefusedError(
-                f"{printable(request.name)!r} is a directory (use -r)",
+                f"'{printable(request.name)}' is a directory (use -r)",
                 Code.NOT_REGULAR,
             )
         sources.extend(_tree(store, request.name))
@@ -172,7 +183,7 @@ def _check_sendable(name: str) -> None:
         check_name(name)
     except RefusedError as exc:
         raise RefusedError(
-            f"{printable(name)!r} cannot be sent: {exc}", Code.BAD_PATH
+            f"'{printable(name)}' cannot be sent: {exc}", Code.BAD_PATH
         ) from None
 
 

@@ -200,6 +200,9 @@ def _read_private(path: Path) -> X25519PrivateKey:
         raise UsageError(f"no identity at {path}; run 'filexfer id' first") from None
     except OSError as exc:
         raise UsageError(f"cannot read identity file {path}: {os_reason(exc)}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"identity file {path} is not a regular file")
     with os.fdopen(fd, "rb") as stream:
         _check_private_mode(path, os.fstat(stream.fileno()))
         try:
@@ -258,7 +261,8 @@ class _Entry:
 def _entries(path: Path) -> list[_Entry]:
     """Every non-blank, non-comment line of a key file (none if missing)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        # A byte order mark some editors write is not part of the first line.
+        text = path.read_text(encoding="utf-8", errors="replace").removeprefix("\ufeff")
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -375,7 +379,7 @@ def _grant_from(path: Path, entry: _Entry) -> Grant:
         comment = words[1] if len(words) > 1 else ""
     raw = _decode_entry(path, entry, key_word)
     first = comment.split(None, 1)[0] if comment else ""
-    if first == "read-only" or first.startswith("area="):
+    if _looks_like_options(first):
         raise bad(f"option {printable(first)[:40]!r} after the key")
     words = options.split(",") if options else []
     write, areas = "read-only" not in words, []
@@ -391,6 +395,14 @@ def _grant_from(path: Path, entry: _Entry) -> Grant:
     if len(areas) > 1:
         raise bad("more than one area=")
     return Grant(raw, write, areas[0] if areas else None)
+
+
+def _looks_like_options(word: str) -> bool:
+    """Whether a word reads as options (``read-only,area=x``), not a comment."""
+    return any(
+        option == "read-only" or option.startswith("area=")
+        for option in word.split(",")
+    )
 
 
 def sender_grants(home: Path | None = None) -> dict[bytes, Grant]:
@@ -452,6 +464,11 @@ def allow_sender(
     if not is_plain(comment):
         raise UsageError(
             f"the comment must be one line of printable text: {printable(comment)!r}"
+        )
+    if comment.split() and _looks_like_options(comment.split()[0]):
+        raise UsageError(
+            f"the comment {printable(comment)!r} reads as options",
+            hint="give options as --read-only and --area NAME",
         )
     write, area = grant_options
     options = ([] if write else ["read-only"]) + (

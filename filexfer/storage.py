@@ -732,7 +732,7 @@ class LocalStore:
 
 def _not_found(name: str) -> RefusedError:
     return RefusedError(
-        f"{printable(name)!r}: no such file or directory", Code.NOT_FOUND
+        f"'{printable(name)}': no such file or directory", Code.NOT_FOUND
     )
 
 

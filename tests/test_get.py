@@ -531,3 +531,16 @@ def test_shared_receiver_refuses_to_start_with_a_key_that_has_an_area(
     assert done.returncode == 2
     assert "--shared, but key SHA256:" in done.stderr
     assert "has its own area 'x'" in done.stderr
+
+
+def test_ls_shows_a_name_that_is_not_utf8_instead_of_failing(pair: Pair) -> None:
+    (pair.area / "t8").mkdir()
+    (pair.area / "t8" / "good").write_text("ok\n")
+    (pair.area / "t8" / os.fsdecode(b"bad\xff")).write_text("x\n")
+
+    done = ls(pair, "--json", "t8")
+
+    assert done.returncode == 0, done.stderr
+    names = [json.loads(line)["name"] for line in done.stdout.splitlines()]
+    assert names == ["t8/bad\ufffd", "t8/good"]
+    assert "session.crashed" not in pair.receiver.log()

@@ -634,6 +634,7 @@ def test_a_read_only_key_may_read_another_keys_own_area(tmp_path: Path) -> None:
     [
         ("{key} read-only", "option 'read-only' after the key"),
         ("{key} area=x", "option 'area=x' after the key"),
+        ("{key} read-only,area=x", "option 'read-only,area=x' after the key"),
         ("area=x,area=y {key}", "more than one area="),
         ("write {key}", "unknown option 'write'"),
         ("area=key-0686b558aa80c6a0 {key}", "are the keys' own areas"),
@@ -643,6 +644,7 @@ def test_a_read_only_key_may_read_another_keys_own_area(tmp_path: Path) -> None:
     ids=[
         "read-only after",
         "area after",
+        "both after",
         "two areas",
         "unknown",
         "auto area",
@@ -673,3 +675,25 @@ def test_allow_with_other_options_for_a_listed_key_is_refused(tmp_path: Path) ->
 
     assert (tmp_path / AUTHORIZED_FILE).read_text() == before
     assert allow_sender(key_line(RAW), "", tmp_path) is False
+
+
+@pytest.mark.parametrize("comment", ["read-only", "read-only,area=x", "area=x backup"])
+def test_allow_refuses_a_comment_that_reads_as_options(
+    tmp_path: Path, comment: str
+) -> None:
+    with pytest.raises(UsageError, match="reads as options"):
+        allow_sender(key_line(RAW), comment, tmp_path)
+
+    assert not (tmp_path / AUTHORIZED_FILE).exists()
+
+
+def test_identity_that_is_a_directory_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / IDENTITY_FILE).mkdir(mode=0o700)
+
+    done = cli(["id"], tmp_path)
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"filexfer: error: identity file {tmp_path / IDENTITY_FILE} "
+        "is not a regular file\n"
+    )
