@@ -354,6 +354,9 @@ class _Job:
             self.channel.send(msgs.Close())
             reader.join()
         except FilexferError as exc:
+            if isinstance(exc, IntegrityError):
+                # This side found the peer breaking the protocol: say so.
+                self.channel.tell(exc)
             # A failed write usually means the receiver hung up; its reason
             # (an Error message) may still be in flight to the reader, and
             # stop() keeps the first error recorded.

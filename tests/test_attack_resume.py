@@ -81,7 +81,8 @@ def test_daemon_refuses_a_client_that_claims_a_copy_of_a_fresh_offer(
 
     offers = [m for m in seen if isinstance(m, msgs.Offer)]
     assert len(offers) == 2  # the first offer, and the fresh one that ended it
-    assert offers[1].fresh  # then the daemon hung up
+    assert offers[1].fresh
+    assert isinstance(seen[-1], msgs.Error) and seen[-1].code == Code.PROTOCOL
     watch.wait_for("event=session.failed.*claims a copy of a file offered fresh")
     assert_serving(shared, "after-fresh-loop.txt")
 
