@@ -348,9 +348,11 @@ class ReceiveSession:
             self.watcher.finished(offer, None, exc)
             return
         if offer.directory:
-            # Created (durably) already: accepted and done at once.
-            self.channel.send(msgs.Accept(offer.file_id, 0))
-            self._confirm(incoming)
+            # Created (durably) already: accepted and done at once; an
+            # Accept with the empty digest says it was there before.
+            there = EMPTY_DIGEST if incoming.placement.exists else None
+            self.channel.send(msgs.Accept(offer.file_id, 0, there))
+            self._confirm(incoming, unchanged=there is not None)
             return
         self.names.add(offer.name)
         self.queue.append(incoming)
@@ -673,10 +675,10 @@ class ReceiveSession:
             return False
         return digest_of(fd) == item.hasher.digest()
 
-    def _confirm(self, item: _Incoming) -> None:
+    def _confirm(self, item: _Incoming, unchanged: bool = False) -> None:
         digest = item.hasher.digest() if item.hasher is not None else EMPTY_DIGEST
         self.channel.send(msgs.Done(item.offer.file_id, digest))
-        self.watcher.finished(item.offer, digest, None, item.held)
+        self.watcher.finished(item.offer, digest, None, item.held, unchanged)
         self.committed += 1
         log.info(
             "event=transfer.complete session=%s key=%s path=%s bytes=%d "

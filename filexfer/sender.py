@@ -446,6 +446,7 @@ class _Job:
         opened.started = time.monotonic()
         if opened.source.directory:
             opened.digest = EMPTY_DIGEST  # nothing to send; Done follows
+            opened.result.unchanged = decision.digest is not None
             return
         self.on_start(opened.source.name, opened.info.st_size)
         try:

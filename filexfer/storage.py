@@ -524,17 +524,18 @@ class LocalStore:
         parts = check_name(name, self.limits)
         try:
             dir_fd = self._walk(parts[:-1], create=True)
+            exists = False
             try:
                 os.mkdir(parts[-1], 0o700, dir_fd=dir_fd)
             except FileExistsError:
-                pass  # one already there keeps its mode
+                exists = True  # one already there keeps its mode
             else:
                 os.fchmod(self._walk(parts, create=False), mode & self.mode_mask)
             self._walk(parts, create=False)
             os.fsync(dir_fd)
         except OSError as exc:
             raise refusal_for(exc) from exc
-        return Placement(name, parts, 0, False)
+        return Placement(name, parts, 0, False, exists)
 
     def resumable_part(self, placement: Placement) -> PartFile | None:
         """Open the part an interrupted transfer left, if there is one.

@@ -322,6 +322,8 @@ def test_second_backup_run_sends_nothing_and_exits_0(pair: Pair, dataset: Path) 
     records = [json.loads(line) for line in second.stdout.splitlines()]
     files = [r for r in records if r["type"] == "file"]
     assert files and all(r["unchanged"] for r in files)
+    folders = [r for r in records if r["type"] == "directory"]
+    assert folders and all(r["unchanged"] for r in folders)
     log = pair.receiver.log()
     assert log.count("event=transfer.unchanged") == len(files)
     plain = pair.put("-r", dataset)
