@@ -728,3 +728,24 @@ def test_cli_config_path_with_control_characters_is_shown_escaped(
     assert done.returncode == 2
     first = done.stderr.splitlines()[0]
     assert "\\n" in first and "\\x1b" in first and "does not exist" in first
+
+
+def test_get_and_ls_reach_a_host_name_from_the_file(pair: Pair, tmp_path: Path) -> None:
+    """A restore script is as short as the backup: the host's address,
+    port and fingerprint come from its section; put's options do not."""
+    source = random_file(tmp_path / "src" / "night.bin", 70_000, seed=56)
+    write_config(
+        pair.sender_home,
+        host_section(pair, pair.receiver_fingerprint, "overwrite = true\n"),
+    )
+    assert cli(["put", source, "backup-host"], pair.sender_home).returncode == 0
+
+    listed = cli(["ls", "backup-host"], pair.sender_home)
+    fetched = cli(
+        ["get", "backup-host", "night.bin", "-o", tmp_path / "restore"],
+        pair.sender_home,
+    )
+
+    assert listed.returncode == 0 and listed.stdout.endswith(" night.bin\n")
+    assert fetched.returncode == 0, fetched.stderr
+    assert sha256(tmp_path / "restore" / "night.bin") == sha256(source)
