@@ -107,6 +107,7 @@ class _Guard(Watcher):
         self.dest = dest
         self.on_progress = progress
         self.admitted: dict[int, msgs.Offer] = {}
+        self.by_name: dict[str, int] = {}  # local name -> its file id
         self.results: dict[int, FileResult] = {}
         self.answered: set[str] = set()
         self.started = time.monotonic()
@@ -115,15 +116,14 @@ class _Guard(Watcher):
         local = self._local_name(offer.name)
         if offer.directory and not self.recursive:
             raise self._unexpected(offer.name + "/")
-        for file_id, earlier in list(self.admitted.items()):
-            if earlier.name != local:
-                continue
+        earlier = self.by_name.get(local)
+        if earlier is not None:
             # Offered again after it aborted the first offer (this side's
             # copy differed): the new offer replaces the failed one.
-            result = self.results.get(file_id)
+            result = self.results.get(earlier)
             if not offer.fresh or result is None or result.error is None:
                 raise ProtocolError(f"receiver sent '{printable(offer.name)}' twice")
-            del self.admitted[file_id], self.results[file_id]
+            del self.admitted[earlier], self.results[earlier]
         admitted = msgs.Offer(
             offer.file_id,
             offer.size,
@@ -135,6 +135,7 @@ class _Guard(Watcher):
             directory=offer.directory,
         )
         self.admitted[offer.file_id] = admitted
+        self.by_name[local] = offer.file_id
         return admitted
 
     def _local_name(self, name: str) -> str:
