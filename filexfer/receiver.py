@@ -389,6 +389,9 @@ class ReceiveSession:
         """
         try:
             return digest_of(self.store.open_file(incoming.offer.name)[0])
+        except OSError as exc:
+            self.store.release(incoming.placement)
+            raise refusal_for(exc) from exc
         except RefusedError:
             self.store.release(incoming.placement)
             raise
@@ -398,12 +401,15 @@ class ReceiveSession:
         part = self.store.resumable_part(incoming.placement)
         if part is None:
             return
-        incoming.part, incoming.hasher = part, part.prefix_hasher()
+        try:
+            hasher = part.prefix_hasher()
+        except (OSError, RefusedError):
+            part.abort()  # unreadable: the file starts over, fresh
+            return
+        incoming.part, incoming.hasher = part, hasher
         incoming.received = incoming.held = part.written
         incoming.started = time.monotonic()
-        if incoming.offer.size >= LARGE_FILE:
-            incoming.write_behind = True
-            part.use_direct_io()
+        self._start_writing(incoming)
 
     def _accept(self, incoming: _Incoming) -> None:
         offer = incoming.offer
@@ -441,7 +447,8 @@ class ReceiveSession:
         if not self.queue:
             raise ProtocolError("data for a file that was not accepted")
         incoming = self.queue[0]
-        if incoming.part is None and not incoming.discarding and not incoming.existing:
+        idle = incoming.part is None and incoming.existing is None
+        if idle and not incoming.discarding:
             if incoming.offer.size >= LARGE_FILE:
                 # Files already complete are committed and confirmed now,
                 # not after this one: an interruption must not cost them.
@@ -453,10 +460,15 @@ class ReceiveSession:
             except RefusedError as exc:
                 self._fail_current(incoming, exc)
                 return incoming
-            if incoming.offer.size >= LARGE_FILE:
-                incoming.write_behind = True
-                incoming.part.use_direct_io()
+            self._start_writing(incoming)
         return incoming
+
+    @staticmethod
+    def _start_writing(incoming: _Incoming) -> None:
+        """A large file is written behind, by direct I/O where possible."""
+        if incoming.part is not None and incoming.offer.size >= LARGE_FILE:
+            incoming.write_behind = True
+            incoming.part.use_direct_io()
 
     def _on_data(self, payload: memoryview, buffer: memoryview) -> None:
         incoming = self._current()
@@ -668,12 +680,12 @@ class ReceiveSession:
         assert item.hasher is not None
         try:
             fd, info = self.store.open_file(item.offer.name)
-        except RefusedError:
+            if info.st_size != item.offer.size:
+                os.close(fd)
+                return False
+            return digest_of(fd) == item.hasher.digest()
+        except (OSError, RefusedError):
             return False
-        if info.st_size != item.offer.size:
-            os.close(fd)
-            return False
-        return digest_of(fd) == item.hasher.digest()
 
     def _confirm(self, item: _Incoming, unchanged: bool = False) -> None:
         digest = item.hasher.digest() if item.hasher is not None else EMPTY_DIGEST

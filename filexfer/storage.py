@@ -529,9 +529,9 @@ class LocalStore:
                 os.mkdir(parts[-1], 0o700, dir_fd=dir_fd)
             except FileExistsError:
                 exists = True  # one already there keeps its mode
-            else:
-                os.fchmod(self._walk(parts, create=False), mode & self.mode_mask)
-            self._walk(parts, create=False)
+            fd = self._walk(parts, create=False)  # refuses a non-directory
+            if not exists:
+                os.fchmod(fd, mode & self.mode_mask)
             os.fsync(dir_fd)
         except OSError as exc:
             raise refusal_for(exc) from exc
@@ -550,13 +550,17 @@ class LocalStore:
             fd = _open_locked(dir_fd, placement.resume_name, create=False)
         except OSError:
             return None
-        size = os.fstat(fd).st_size
-        kept = min(size, placement.size) // RESUME_STEP * RESUME_STEP
+        try:
+            size = os.fstat(fd).st_size
+            kept = min(size, placement.size) // RESUME_STEP * RESUME_STEP
+            if kept:
+                os.ftruncate(fd, kept)
+                os.lseek(fd, kept, os.SEEK_SET)
+        except OSError:
+            kept = 0
         if not kept:
-            os.close(fd)
+            os.close(fd)  # nothing usable; open_part replaces it
             return None
-        os.ftruncate(fd, kept)
-        os.lseek(fd, kept, os.SEEK_SET)
         name = placement.resume_name
         part = PartFile(self, placement, dir_fd, name, fd, kept, resumable=True)
         part.handed_to_disk = kept
@@ -626,7 +630,10 @@ class LocalStore:
                 return None  # in use by another session
             os.unlink(name, dir_fd=dir_fd)
             os.close(fd)
-            fd = _open_locked(dir_fd, name, create=True)
+            try:
+                fd = _open_locked(dir_fd, name, create=True)
+            except FileExistsError:
+                return None  # another session took the name meanwhile
         return PartFile(self, placement, dir_fd, name, fd, resumable=True)
 
     def sync_all(self) -> bool:
@@ -688,7 +695,11 @@ class LocalStore:
         if not stat.S_ISDIR(info.st_mode):
             yield _entry(name, info, _stored_digest(dir_fd, last, info))
             return
-        fd = os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            fd = os.open(last, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _not_found(name) from exc  # replaced or removed meanwhile
         try:
             yield from _walk_entries(fd, name, recursive)
         finally:
