@@ -448,58 +448,9 @@ def _drain_terminal(master: int, chunks: list[bytes]) -> None:
         chunks.append(data)
 
 
-class TamperProxy:
-    """A loopback TCP relay that flips one bit of the client's stream.
-
-    Byte number FLIP_AT (counted from the first byte the client sends) has
-    its lowest bit inverted; everything else passes unchanged. One
-    connection is relayed, then the proxy stops listening.
-    """
-
-    def __init__(self, target_port: int, flip_at: int) -> None:
-        self.target_port = target_port
-        self.flip_at = flip_at
-        self.flipped = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        client, _ = self.listener.accept()
-        self.listener.close()
-        server = socket.create_connection(("127.0.0.1", self.target_port))
-        back = threading.Thread(
-            target=_relay, args=(server, client, None, None), daemon=True
-        )
-        back.start()
-        _relay(client, server, self.flip_at, self.flipped)
-        back.join(30)
-
-    def close(self) -> None:
-        self._thread.join(30)
-
-
-def _relay(
-    source: socket.socket,
-    sink: socket.socket,
-    flip_at: int | None,
-    flipped: threading.Event | None,
-) -> None:
-    seen = 0
+def _relay(source: socket.socket, sink: socket.socket) -> None:
     try:
         while data := source.recv(65536):
-            if flip_at is not None and seen <= flip_at < seen + len(data):
-                changed = bytearray(data)
-                changed[flip_at - seen] ^= 1
-                data = bytes(changed)
-                assert flipped is not None
-                flipped.set()
-            seen += len(data)
             sink.sendall(data)
         sink.shutdown(socket.SHUT_WR)
     except OSError:
@@ -653,7 +604,7 @@ class SwitchingProxy:
                 server = socket.create_connection(("127.0.0.1", target))
                 for source, sink in ((client, server), (server, client)):
                     threading.Thread(
-                        target=_relay, args=(source, sink, None, None), daemon=True
+                        target=_relay, args=(source, sink), daemon=True
                     ).start()
 
     def close(self) -> None:

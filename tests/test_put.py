@@ -21,12 +21,12 @@ from blake3 import blake3
 from filexfer import messages as msgs
 from filexfer.keys import load_identity
 from filexfer.session import Channel, connect
+from tests.attackers import Proxy, Tamper
 from tests.conftest import recv_flags
 from tests.helpers import (
     SAMPLE_DATA,
     Pair,
     Receiver,
-    TamperProxy,
     as_unprivileged,
     authorize_sender,
     base_env,
@@ -732,16 +732,15 @@ def test_put_all_files_refused_exits_with_their_code(pair: Pair) -> None:
 def test_put_through_a_tampering_path_exits_5(pair: Pair) -> None:
     """One flipped bit on the wire fails the copy and stores nothing (C10)."""
     source = random_file(pair.tmp / "src" / "data.bin", 2 * MiB, seed=30)
-    proxy = TamperProxy(pair.receiver.port, flip_at=300_000)
-
-    done = cli(
-        ["put", "--fingerprint", pair.receiver_fingerprint, source, proxy.address],
-        pair.sender_home,
-    )
-    proxy.close()
+    with Proxy(pair.receiver.port, Tamper(flip_at=300_000)) as proxy:
+        done = cli(
+            ["put", "--fingerprint", pair.receiver_fingerprint, source, proxy.address],
+            pair.sender_home,
+        )
+        proxy.wait_done()
     pair.receiver.wait_for_log(r"event=session\.failed")
 
-    assert proxy.flipped.is_set()
+    assert len(proxy.capture.c2s) > 300_000  # the flipped byte went through
     assert done.returncode == 5
     assert done.stdout == ""
     assert error_lines(done)[0].startswith("filexfer: error: ")
