@@ -29,7 +29,7 @@ from .errors import Code, FilexferError, ProtocolError, RefusedError
 from .printable import printable
 from .sender import Source, send_files
 from .session import Channel
-from .storage import LocalStore, StoredEntry, check_name
+from .storage import LocalStore, StoredEntry, check_name, names_overlap
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _serve_list(channel: Channel, store: LocalStore, request: msgs.List) -> int:
         except ValueError:
             # A name longer than the protocol's text field: not listable.
             log.warning(
-                "event=list.skipped path=%s reason=too_long",
+                "event=list.skipped path=%s reason=name_too_long",
                 printable(entry.name[:200]),
             )
             continue
@@ -77,9 +77,11 @@ def _entry_message(entry: StoredEntry) -> msgs.Entry:
     # A name that is not UTF-8 (put there by other means) is shown with
     # U+FFFD for its bad bytes: listed, though get refuses it by name.
     raw = entry.name.encode("utf-8", "surrogateescape")
+    # An mtime past what an i64 carries is shown at the nearest end.
+    mtime_ns = min(max(entry.mtime_ns, -(2**63)), 2**63 - 1)
     return msgs.Entry(
         entry.size,
-        entry.mtime_ns,
+        mtime_ns,
         entry.mode,
         entry.directory,
         entry.digest,
@@ -136,15 +138,12 @@ def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
     sources: list[Source] = []
     seen: set[str] = set()
     for request in requests:
-        for other in seen:
-            if (
-                request.name == other
-                or request.name.startswith(other + "/")
-                or (other.startswith(request.name + "/"))
-            ):
-                raise RefusedError(
-                    f"'{printable(request.name)}' asked for twice", Code.DUPLICATE
-                )
+        if not request.name:
+            raise RefusedError("empty name in a download", Code.BAD_PATH)
+        if any(names_overlap(request.name, other) for other in seen):
+            raise RefusedError(
+                f"'{printable(request.name)}' asked for twice", Code.DUPLICATE
+            )
         seen.add(request.name)
         if store.is_directory(request.name) and not request.recursive:
             raise RefusedError(
@@ -163,7 +162,7 @@ def _tree(store: LocalStore, name: str) -> list[Source]:
     parents = {entry.name.rpartition("/")[0] for entry in entries}
     sources = []
     for entry in entries:
-        _check_sendable(entry.name)
+        _check_sendable(entry)
         if entry.directory and entry.name in parents:
             continue  # not empty: its files create it on the other side
         path = os.path.join(store.root, entry.name)
@@ -172,19 +171,25 @@ def _tree(store: LocalStore, name: str) -> list[Source]:
     return sources
 
 
-def _check_sendable(name: str) -> None:
-    """Refuse the download of a stored name the other side could not take.
+def _check_sendable(entry: StoredEntry) -> None:
+    """Refuse the download of a stored file the other side could not take.
 
     Such a file was put there by other means (a name with a control
-    character, a tree deeper than the protocol's default limits): the
-    whole download fails, naming it, rather than leave it out silently.
+    character, a tree deeper than the protocol's default limits, an mtime
+    past 2262): the whole download fails, naming it, rather than leave it
+    out silently.
     """
     try:
-        check_name(name)
+        check_name(entry.name)
     except RefusedError as exc:
         raise RefusedError(
-            f"'{printable(name)}' cannot be sent: {exc}", Code.BAD_PATH
+            f"'{printable(entry.name)}' cannot be sent: {exc}", Code.BAD_PATH
         ) from None
+    if not msgs.mtime_fits(entry.mtime_ns):
+        raise RefusedError(
+            f"'{printable(entry.name)}' cannot be sent: its mtime is out of range",
+            Code.BAD_PATH,
+        )
 
 
 def _open_stored(store: LocalStore, name: str) -> int:

@@ -130,8 +130,8 @@ def allow(key: str, comment: str, read_only: bool, area: str | None) -> None:
 
 RECV_EXIT = """\b
 With --once, recv exits 0 when the session ended normally, even if the
-receiver refused some of its files, and with the session's code (3, 5, ...)
-when the session failed. A signal before any session: 0.
+receiver refused some of its files, and with the session's code when it
+failed (3, 4, 5, 6: see the table). A signal before any session: 0.
 """
 
 

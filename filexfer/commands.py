@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import time
+from pathlib import Path
 
 import click
 
@@ -21,6 +22,7 @@ from .errors import (
     FilexferError,
     InterruptError,
     UsageError,
+    os_reason,
 )
 from .options import (
     EXIT_CODES,
@@ -38,6 +40,7 @@ from .options import (
 from .printable import printable
 from .report import Progress, job_error, report
 from .sender import FileResult, Source, collect_sources, send_files, unsent
+from .session import Channel
 from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
 
 
@@ -136,14 +139,28 @@ def _send(
     """Connect and send; a failed connection fails every source."""
     if not sources:
         return [], None
-    try:
-        channel = remote.connect()
-    except FilexferError as exc:
-        return unsent(sources, exc), exc
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        interrupted = InterruptError()
-        return unsent(sources, interrupted), interrupted
+    channel = _connect(remote)
+    if isinstance(channel, FilexferError):
+        return unsent(sources, channel), channel
     return send_files(channel, sources, overwrite, bars.advance, bars.start)
+
+
+def _connect(remote: Remote) -> Channel | FilexferError:
+    """The channel, or why there is none (a failure, or Ctrl-C at a prompt)."""
+    try:
+        return remote.connect()
+    except FilexferError as exc:
+        return exc
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        return InterruptError()
+
+
+def _open_store(root: Path, mask: int) -> LocalStore:
+    try:
+        return LocalStore(root, mode_mask=mask, resume_min=1)
+    except OSError as exc:
+        shown = printable(str(root))
+        raise UsageError(f"cannot use -o {shown}: {os_reason(exc)}") from exc
 
 
 @click.command(epilog=EXIT_CODES)
@@ -210,18 +227,19 @@ def get(
     logging.getLogger("filexfer.receiver").setLevel(logging.CRITICAL)
     root = root_option(out_dir, "-o")
     make_root(root, "-o")
+    # Every part gets the name a rerun of this download looks for, so that
+    # a killed get leaves nothing the next one does not take over.
+    mask = KEEP_MODES_MASK if keep_modes else MODE_MASK
+    _open_store(root, mask).close()  # an unusable -o is found before connecting
     bars = Progress(show_bar(quiet, progress), 0, 1)
     started = time.monotonic()
 
     def attempt() -> tuple[list[FileResult], FilexferError | None]:
-        try:
-            channel = remote.connect()
-        except FilexferError as exc:
-            return [FileResult(r.local, error=exc) for r in requests], exc
-        # Every part gets the name a rerun of this download looks for, so
-        # that a killed get leaves nothing the next one does not take over.
-        mask = KEEP_MODES_MASK if keep_modes else MODE_MASK
-        store = LocalStore(root, mode_mask=mask, resume_min=1)
+        stand_ins = [Source(str(root / r.local), r.local) for r in requests]
+        channel = _connect(remote)
+        if isinstance(channel, FilexferError):
+            return unsent(stand_ins, channel), channel
+        store = _open_store(root, mask)
         try:
             options = (recursive, overwrite)
             return get_files(channel, requests, store, options, bars.advance)
@@ -229,7 +247,9 @@ def get(
             store.close()
 
     try:
-        results, session_error = with_retries(remote, attempt, quiet)
+        # Each attempt asks for everything again (what arrived meanwhile is
+        # kept as unchanged), so its results replace the earlier ones.
+        results, session_error = with_retries(remote, attempt, quiet, merge=False)
     finally:
         bars.close()
     _finish(results, session_error, (as_json, quiet), ("received", started))
@@ -278,14 +298,22 @@ def ls_command(
 
     for number in range(retry + 1):
         try:
-            list_remote(remote.connect(), name, recursive, show)
+            channel = _connect(remote)
+            if isinstance(channel, FilexferError):
+                raise channel
+            list_remote(channel, name, recursive, show)
             return
         except ConnectError as exc:
             if number == retry or shown:
                 raise  # a listing cut short is not printed twice
             wait = min(30.0, 2.0**number)
-            click.echo(f"filexfer: warning: {exc}; retrying in {wait:g} s", err=True)
+            shown_error = printable(str(exc))
+            click.echo(
+                f"filexfer: warning: {shown_error}; retrying in {wait:g} s", err=True
+            )
             time.sleep(wait)
+        except KeyboardInterrupt:
+            raise InterruptError() from None
 
 
 def _entry_line(entry: msgs.Entry) -> str:

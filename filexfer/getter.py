@@ -34,6 +34,7 @@ from . import messages as msgs
 from .errors import (
     ConnectError,
     FilexferError,
+    IntegrityError,
     InterruptError,
     ProtocolError,
     RefusedError,
@@ -43,7 +44,7 @@ from .printable import printable
 from .receiver import ReceiveSession, Watcher
 from .sender import FileResult
 from .session import Channel
-from .storage import LocalStore, check_name
+from .storage import LocalStore, check_name, names_overlap
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +78,13 @@ def plan(remotes: list[str], verb: str = "get") -> list[Request]:
         if any(r.local == local for r in requests):
             raise UsageError(f"two names end in '{printable(local)}'")
         for other in requests:
-            if _inside(name, other.remote) or _inside(other.remote, name):
+            if names_overlap(name, other.remote):
                 raise UsageError(
                     f"'{printable(name)}' and '{printable(other.remote)}' overlap",
                     hint="name the folder alone; -r fetches what is inside it",
                 )
         requests.append(Request(name, local))
     return requests
-
-
-def _inside(name: str, folder: str) -> bool:
-    return name.startswith(folder + "/")
 
 
 class _Guard(Watcher):
@@ -118,8 +115,8 @@ class _Guard(Watcher):
             raise self._unexpected(offer.name + "/")
         earlier = self.by_name.get(local)
         if earlier is not None:
-            # Offered again after it aborted the first offer (this side's
-            # copy differed): the new offer replaces the failed one.
+            # Offered again, fresh, after it aborted the first offer (this
+            # side's copy differed): the new offer replaces the failed one.
             result = self.results.get(earlier)
             if not offer.fresh or result is None or result.error is None:
                 raise ProtocolError(f"receiver sent '{printable(offer.name)}' twice")
@@ -187,6 +184,10 @@ class _Guard(Watcher):
             )
         result.seconds = time.monotonic() - self.started
         self.results[offer.file_id] = result
+        if isinstance(error, IntegrityError):
+            # Bytes that do not match their digest: the receiver is broken
+            # or lying, and the whole download ends (exit 5).
+            raise error
 
     def settle(self, error: FilexferError | None) -> list[FileResult]:
         """One result per admitted file and per request nothing came for."""

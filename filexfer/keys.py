@@ -463,7 +463,7 @@ def allow_sender(
     raw = decode_public(key_text)
     if not is_plain(comment):
         raise UsageError(
-            f"the comment must be one line of printable text: {printable(comment)!r}"
+            f"the comment must be one line of printable text: '{printable(comment)}'"
         )
     if comment.split() and _looks_like_options(comment.split()[0]):
         raise UsageError(

@@ -31,6 +31,11 @@ MAX_TEXT = 4096  # longest name or reason, in UTF-8 bytes
 MAX_GETS = 1024  # most Get requests in one download
 
 
+def mtime_fits(mtime_ns: int) -> bool:
+    """Whether an mtime (ns since 1970) fits the i64 the messages carry."""
+    return -(2**63) <= mtime_ns < 2**63
+
+
 class MessageError(Exception):
     """A plaintext that is not a well-formed message."""
 

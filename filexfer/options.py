@@ -403,18 +403,21 @@ Attempt = Callable[[], tuple[list[FileResult], FilexferError | None]]
 
 
 def with_retries(
-    remote: Remote, attempt: Attempt, quiet: bool
+    remote: Remote, attempt: Attempt, quiet: bool, merge: bool = True
 ) -> tuple[list[FileResult], FilexferError | None]:
     """Run attempt; after a connection failure, again up to remote.retries.
 
     Only a lost, refused or timed-out connection (exit 3) is retried: a
     trust, integrity or refusal error would fail the same way again.
-    Results of files that succeeded stay; each new attempt's results
-    replace those of files that failed.
+    With ``merge``, results of files that succeeded stay and each new
+    attempt's results replace those of files that failed; without, the
+    last attempt's results are the job's.
     """
     merged: dict[str, FileResult] = {}
     for number in range(remote.retries + 1):
         results, error = attempt()
+        if not merge:
+            merged.clear()
         for result in results:
             if result.name not in merged or not merged[result.name].ok:
                 merged[result.name] = result

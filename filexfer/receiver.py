@@ -180,10 +180,10 @@ class _WriteBehind:
         with self._idle:
             while self._pending:
                 self._idle.wait()
-        if self._crash is not None:
-            raise AssertionError("internal error: writer thread failed") from (
-                self._crash
-            )
+        crash, self._crash = self._crash, None
+        if crash is not None:
+            # Reported once: the cleanup that follows must still drain.
+            raise AssertionError("internal error: writer thread failed") from crash
 
     def close(self) -> None:
         self.drain()
@@ -292,6 +292,9 @@ class ReceiveSession:
         if not isinstance(message, msgs.Close):
             self._dispatch(message)
             return False
+        if self.queue:
+            self.watcher.closing()  # names the file, where the watcher can
+            raise ProtocolError("close before the end of an accepted file")
         self._flush()
         self.watcher.closing()
         self.channel.send(msgs.Close())
@@ -350,7 +353,10 @@ class ReceiveSession:
         if offer.directory:
             # Created (durably) already: accepted and done at once; an
             # Accept with the empty digest says it was there before.
-            there = EMPTY_DIGEST if incoming.placement.exists else None
+            there = None
+            if incoming.placement.exists and not offer.fresh:
+                there = EMPTY_DIGEST
+            incoming.started = time.monotonic()
             self.channel.send(msgs.Accept(offer.file_id, 0, there))
             self._confirm(incoming, unchanged=there is not None)
             return
@@ -376,6 +382,7 @@ class ReceiveSession:
         )
         incoming = _Incoming(offer, placement)
         if placement.exists:
+            self.channel.flush()  # earlier answers must not wait for the hash
             incoming.existing = self._existing_digest(incoming)
         elif not offer.fresh and placement.resume_name:
             self._resume(incoming)
@@ -642,10 +649,19 @@ class ReceiveSession:
         for item in batch:
             if not item.discarding:
                 self._commit(item)
-        self.store.sync_dirs(parts)
+        try:
+            self.store.sync_dirs(parts)
+        except OSError as exc:
+            # Complete and verified under their names, but not known to be
+            # durable: not confirmed (the README's "may exist").
+            for item in batch:
+                if not item.discarding:
+                    self._fail_current(item, refusal_for(exc))
+            return
         for item in batch:
             if not item.discarding:
                 self._confirm(item)
+        self.channel.flush()  # confirmations go out now, not after the next file
         if not any(item.part for item in self.queue):
             # A part still streaming holds one of the cached descriptors.
             self.store.close_dirs()

@@ -354,8 +354,9 @@ class _Job:
             self.channel.send(msgs.Close())
             reader.join()
         except FilexferError as exc:
-            if isinstance(exc, IntegrityError):
-                # This side found the peer breaking the protocol: say so.
+            if isinstance(exc, IntegrityError) and exc is not self.replies.error:
+                # This side found the peer breaking the protocol: say so
+                # (an error the peer sent, or a broken record, is not echoed).
                 self.channel.tell(exc)
             # A failed write usually means the receiver hung up; its reason
             # (an Error message) may still be in flight to the reader, and
@@ -419,6 +420,11 @@ class _Job:
         except (OSError, RefusedError) as exc:
             why = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
             return _local_failure(source.name, source.path, why)
+        if not msgs.mtime_fits(info.st_mtime_ns):
+            if handle is not None:
+                handle.close()
+            why = "cannot be sent (its mtime is outside the years 1678 to 2262)"
+            return _local_failure(source.name, source.path, why)
         result = FileResult(source.name, source.path, size=info.st_size)
         if source.directory:
             result.size, result.directory = 0, True
@@ -440,6 +446,15 @@ class _Job:
         )
 
     def _send_one(self, opened: _Opened) -> None:
+        try:
+            self._send_decided(opened)
+        finally:
+            # One descriptor per file in the offer window, not per file of
+            # the job; a file offered again keeps its handle.
+            if opened.file is not None and not opened.superseded:
+                opened.file.close()
+
+    def _send_decided(self, opened: _Opened) -> None:
         decision = self.replies.wait_decision(opened.file_id)
         if isinstance(decision, msgs.Reject):
             return
@@ -546,9 +561,13 @@ class _Job:
 
     def _results(self) -> list[FileResult]:
         results = list(self.failed_locally)
+        # A file offered again keeps the place of its first offer.
+        latest = {id(opened.result): opened for opened in self.offered}
+        settled: set[int] = set()
         for opened in self.offered:
-            if not opened.superseded:
-                results.append(self._settle(opened))
+            if id(opened.result) not in settled:
+                settled.add(id(opened.result))
+                results.append(self._settle(latest[id(opened.result)]))
         never_opened = self.sources[self._next_source :]
         if never_opened:
             error = self.replies.error

@@ -311,11 +311,28 @@ class Server:
             raise FilexferError(f"cannot create area {area}: {exc.strerror}") from exc
         return area
 
+    def _open_area(self, key: bytes) -> tuple[Grant, Path, LocalStore]:
+        """What the key may do, where, and the store over that place.
+
+        Raises:
+            FilexferError: the key has been removed from the file since its
+                handshake (TrustError), or its area cannot be opened.
+        """
+        grant = self.grants.get(key)
+        if grant is None:
+            raise TrustError("sender key is no longer authorized")
+        area = self._area(grant)
+        mask = KEEP_MODES_MASK if self.config.keep_modes else MODE_MASK
+        try:
+            store = LocalStore(area, self.config.limits, self.config.min_free, mask)
+        except OSError as exc:
+            raise FilexferError(f"cannot open area {area}: {exc.strerror}") from exc
+        return grant, area, store
+
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
         key = short_fingerprint(channel.peer_key)
-        grant = self.grants.get(channel.peer_key, Grant(channel.peer_key))
         try:
-            area = self._area(grant)
+            grant, area, store = self._open_area(channel.peer_key)
         except FilexferError as exc:
             log.error(
                 "event=session.refused session=%s key=%s reason=%s",
@@ -333,8 +350,6 @@ class Server:
             key,
             area.name if area != self.config.root else ".",
         )
-        mask = KEEP_MODES_MASK if self.config.keep_modes else MODE_MASK
-        store = LocalStore(area, self.config.limits, self.config.min_free, mask)
         error: FilexferError | None = None
         files = 0
         try:

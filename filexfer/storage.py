@@ -139,6 +139,11 @@ def check_name(name: str, limits: NameLimits = NameLimits()) -> tuple[str, ...]:
     return parts
 
 
+def names_overlap(one: str, other: str) -> bool:
+    """Whether two names are the same or one lies inside the other."""
+    return one == other or one.startswith(other + "/") or other.startswith(one + "/")
+
+
 def _libc_syncfs() -> Callable[[int], int] | None:
     try:
         func: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
@@ -275,6 +280,7 @@ class Placement:
     exists: bool = False
     # Part name an interrupted transfer of this same file would have left.
     resume_name: str = ""
+    released: bool = False
 
 
 @dataclass
@@ -466,7 +472,10 @@ class LocalStore:
         return info.f_bavail * info.f_frsize
 
     def release(self, placement: Placement) -> None:
-        self._reserved = max(0, self._reserved - placement.size)
+        """Give back a placement's space; once, however often it is called."""
+        if not placement.released:
+            placement.released = True
+            self._reserved = max(0, self._reserved - placement.size)
 
     def reserve(
         self,

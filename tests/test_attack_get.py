@@ -297,3 +297,24 @@ def test_close_before_an_accepted_file_arrived_is_a_protocol_error(
     assert stderr == ("filexfer: error: receiver closed without sending 'report.txt'\n")
     assert "retrying" not in stderr
     assert written(tmp_path) == ["dl"]
+
+
+def test_a_wrong_digest_ends_a_download_of_several_files(
+    world: Callable[[Script, list[str]], tuple[int, str]], tmp_path: Path
+) -> None:
+    """Not a per-file failure (exit 7): the receiver is broken or lying."""
+
+    def script(channel: Channel) -> None:
+        channel.send(offer(0, "a.txt"))
+        channel.send(offer(1, "b.txt"))
+        for _ in range(2):
+            assert isinstance(channel.recv(), msgs.Accept)
+        send_file(channel, 0, digest=bytes(32))
+        send_file(channel, 1)
+        channel.recv()
+
+    code, stderr = world(script, ["a.txt", "b.txt"])
+
+    assert code == 5, stderr
+    assert "digest mismatch" in stderr
+    assert written(tmp_path) == ["dl"]

@@ -153,3 +153,13 @@ def test_put_skips_leftover_part_files_in_a_tree(shared: Pair, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert "an unfinished filexfer download" in done.stderr
     assert sorted(p.name for p in (shared.area / "dl").iterdir()) == ["real.txt"]
+
+
+def test_an_empty_get_name_is_refused(shared: Pair) -> None:
+    end = HostileClient(shared.receiver.port, shared.sender_home)
+    end.send(msgs.Get("", True, True))
+
+    answer = end.recv()
+    end.close()
+
+    assert isinstance(answer, msgs.Error) and answer.code == Code.BAD_PATH

@@ -546,3 +546,59 @@ def test_ls_shows_a_name_that_is_not_utf8_instead_of_failing(pair: Pair) -> None
     names = [json.loads(line)["name"] for line in done.stdout.splitlines()]
     assert names == ["t8/bad\ufffd", "t8/good"]
     assert "session.crashed" not in pair.receiver.log()
+
+
+FUTURE_NS = 13_569_465_600 * 10**9  # 2400-01-01: past what an i64 of ns holds
+
+
+def test_put_of_a_file_dated_past_2262_fails_that_file_only(
+    pair: Pair, tmp_path: Path
+) -> None:
+    future = random_file(tmp_path / "src" / "future.txt", 10, seed=14)
+    os.utime(future, ns=(FUTURE_NS, FUTURE_NS))
+    normal = random_file(tmp_path / "src" / "normal.txt", 10, seed=15)
+
+    done = pair.put("--json", future, normal)
+
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 7, done.stderr
+    assert [(r["name"], r["status"]) for r in records] == [
+        ("future.txt", "failed"),
+        ("normal.txt", "ok"),
+    ]
+    assert records[0]["exit_code"] == 8
+    assert "mtime is outside" in records[0]["error"]
+
+
+def test_get_of_a_stored_file_dated_past_2262_fails_naming_it(
+    pair: Pair, tmp_path: Path
+) -> None:
+    (pair.area / "dated").mkdir()
+    (pair.area / "dated" / "g.txt").write_text("g\n")
+    future = pair.area / "dated" / "f.txt"
+    future.write_text("f\n")
+    os.utime(future, ns=(FUTURE_NS, FUTURE_NS))
+
+    listed = ls(pair, "--json", "dated")
+    fetched = get(pair, "-r", "-o", tmp_path / "dl", "dated")
+
+    names = [json.loads(line)["name"] for line in listed.stdout.splitlines()]
+    assert names == ["dated/f.txt", "dated/g.txt"]
+    assert fetched.returncode == 6
+    assert "'dated/f.txt' cannot be sent: its mtime is out of range" in fetched.stderr
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_json_keeps_job_order_when_a_file_is_offered_again(
+    pair: Pair, tmp_path: Path
+) -> None:
+    first = random_file(tmp_path / "src" / "a.bin", 1000, seed=16)
+    second = random_file(tmp_path / "src" / "b.bin", 1000, seed=17)
+    random_file(pair.area / "a.bin", 1000, seed=18)  # same size, other bytes
+
+    done = pair.put("--json", "--overwrite", first, second)
+
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0, done.stderr
+    assert [r["name"] for r in records] == ["a.bin", "b.bin"]
+    assert sha256(pair.area / "a.bin") == sha256(first)

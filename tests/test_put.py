@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from blake3 import blake3
 
 from filexfer import messages as msgs
+from filexfer.errors import ProtocolError
 from filexfer.keys import load_identity
 from filexfer.session import Channel, connect
 from tests.attackers import Proxy, Tamper
@@ -624,12 +626,13 @@ def test_close_before_end_is_not_success(pair: Pair) -> None:
     channel.send(msgs.Close())
 
     try:
-        reply = channel.recv()
+        # Not a Done: the receiver ends the session as broken (protocol §5).
+        with pytest.raises(ProtocolError, match="close before the end"):
+            channel.recv()
     finally:
         channel.close()
     pair.receiver.wait_for_log(r"event=session\.(end|failed)")
 
-    assert not isinstance(reply, msgs.Done)
     assert not (pair.area / "no-end.bin").exists()
     assert leftovers(pair.area) == []
 
@@ -746,3 +749,29 @@ def test_put_through_a_tampering_path_exits_5(pair: Pair) -> None:
     assert error_lines(done)[0].startswith("filexfer: error: ")
     assert not (pair.area / "data.bin").exists()
     assert leftovers(pair.area) == []
+
+
+def test_put_of_many_files_needs_few_descriptors(pair: Pair, tmp_path: Path) -> None:
+    """Sources are closed once sent: 128 descriptors do for 300 files
+    (at most 64 are open, one per offer ahead)."""
+    top = tmp_path / "src" / "many"
+    top.mkdir(parents=True)
+    for index in range(300):
+        (top / f"f{index:03d}.txt").write_text(f"{index}\n")
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
+        "from filexfer.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, pair.put_args("-q", "-r", top))],
+        env=base_env(pair.sender_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert len(list((pair.area / "many").iterdir())) == 300

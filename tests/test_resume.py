@@ -254,3 +254,30 @@ def test_killed_get_resumes_the_download(pair: Pair, tmp_path: Path) -> None:
     assert json.loads(done.stdout)["resumed_from"] >= 18 * MiB
     assert sha256(dl / "back.bin") == sha256(source)
     assert leftovers(dl) == []
+
+
+def test_retry_of_a_recursive_get_ends_with_every_file(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A cut download of a folder, retried: exit 0, one result per file."""
+    top = pair.area / "docs"
+    top.mkdir()
+    for name in ("a.bin", "b.bin"):
+        random_file(top / name, 20 * MiB, seed=len(name) + ord(name[0]))
+    get = ["get", "--fingerprint", pair.receiver_fingerprint, "--retry", "3"]
+    with Proxy(pair.receiver.port, Tamper(direction=S2C, cut_at=10 * MiB)) as proxy:
+        process = put_process(
+            [*get, "--json", "-r", proxy.address, "-o", tmp_path / "dl", "docs"],
+            pair.sender_home,
+        )
+        wait_until(lambda: proxy.links, "the first connection")
+        proxy.tamper = Tamper()
+        stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    assert "retrying in 1 s" in stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert sorted(r["name"] for r in records) == ["docs/a.bin", "docs/b.bin"]
+    assert {r["status"] for r in records} == {"ok"}
+    for name in ("a.bin", "b.bin"):
+        assert sha256(tmp_path / "dl" / "docs" / name) == sha256(top / name)
