@@ -99,7 +99,7 @@ def _serve_get(
     channel: Channel, store: LocalStore, first: msgs.Get, session_id: str
 ) -> int:
     sources = _sources(store, _requests(channel, first))
-    results, error = send_files(channel, sources)
+    results, error = send_files(channel, sources, strict=True)
     for result in results:
         if result.ok:
             log.info(

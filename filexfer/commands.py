@@ -32,6 +32,7 @@ from .options import (
     apply_options,
     configure_put_logging,
     make_root,
+    merge_download,
     root_option,
     show_bar,
     with_config,
@@ -247,9 +248,7 @@ def get(
             store.close()
 
     try:
-        # Each attempt asks for everything again (what arrived meanwhile is
-        # kept as unchanged), so its results replace the earlier ones.
-        results, session_error = with_retries(remote, attempt, quiet, merge=False)
+        results, session_error = with_retries(remote, attempt, quiet, merge_download)
     finally:
         bars.close()
     _finish(results, session_error, (as_json, quiet), ("received", started))
@@ -299,6 +298,8 @@ def ls_command(
     for number in range(retry + 1):
         try:
             channel = _connect(remote)
+            if isinstance(channel, InterruptError):
+                raise InterruptError("interrupted")  # nothing was being copied
             if isinstance(channel, FilexferError):
                 raise channel
             list_remote(channel, name, recursive, show)
@@ -313,7 +314,7 @@ def ls_command(
             )
             time.sleep(wait)
         except KeyboardInterrupt:
-            raise InterruptError() from None
+            raise InterruptError("interrupted") from None
 
 
 def _entry_line(entry: msgs.Entry) -> str:

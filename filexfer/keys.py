@@ -505,10 +505,12 @@ class KnownReceivers:
             UsageError: the file cannot be read, or address's entry is
                 malformed (the message names the file and line).
         """
+        found = None
         for entry in _entries(self.path):
             if entry.word == address:
-                return _decode_entry(self.path, entry, entry.rest)
-        return None
+                raw = _decode_entry(self.path, entry, entry.rest)
+                found = found or raw  # every line for it is checked
+        return found
 
     def pin(self, address: str, raw: bytes) -> None:
         """Append address's pin (nothing checks for an older one here)."""

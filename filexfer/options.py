@@ -15,6 +15,7 @@ with a growing pause.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import math
 import stat
@@ -120,11 +121,23 @@ def split_address(text: str, *, listening: bool = False) -> tuple[str, int]:
         port = _port(number, shown)
     if not host:
         raise UsageError(f"no host in '{shown}'")
+    if ":" in host and not _is_ipv6(host):
+        raise UsageError(
+            f"bad host in '{shown}'", hint="write an IPv6 address as [ADDR]:PORT"
+        )
     if not _host_ok(host):
         raise UsageError(f"bad host in '{shown}'")
     if port == 0 and not listening:
         raise UsageError(f"port 0 in '{shown}': give the port the receiver uses")
     return host, port
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_ok(host: str) -> bool:
@@ -402,25 +415,45 @@ def show_bar(quiet: bool, progress: bool | None) -> bool:
 Attempt = Callable[[], tuple[list[FileResult], FilexferError | None]]
 
 
+Merge = Callable[[dict[str, FileResult], list[FileResult]], None]
+
+
+def keep_successes(merged: dict[str, FileResult], results: list[FileResult]) -> None:
+    """put: a new attempt sends only what failed; its results replace those."""
+    for result in results:
+        if result.name not in merged or not merged[result.name].ok:
+            merged[result.name] = result
+
+
+def merge_download(merged: dict[str, FileResult], results: list[FileResult]) -> None:
+    """get: a new attempt asks for everything again.
+
+    Its results are the job's, except that a file which arrived in an
+    earlier attempt keeps that result (not "unchanged"), and one that the
+    new attempt never got to (it failed to connect) keeps it too.
+    """
+    earlier = {name: result for name, result in merged.items() if result.ok}
+    merged.clear()
+    for result in results:
+        before = earlier.pop(result.name, None)
+        keep = before is not None and (result.unchanged or not result.ok)
+        merged[result.name] = before if keep and before is not None else result
+    merged.update(earlier)
+
+
 def with_retries(
-    remote: Remote, attempt: Attempt, quiet: bool, merge: bool = True
+    remote: Remote, attempt: Attempt, quiet: bool, merge: Merge = keep_successes
 ) -> tuple[list[FileResult], FilexferError | None]:
     """Run attempt; after a connection failure, again up to remote.retries.
 
     Only a lost, refused or timed-out connection (exit 3) is retried: a
     trust, integrity or refusal error would fail the same way again.
-    With ``merge``, results of files that succeeded stay and each new
-    attempt's results replace those of files that failed; without, the
-    last attempt's results are the job's.
+    ``merge`` folds each attempt's results into the job's.
     """
     merged: dict[str, FileResult] = {}
     for number in range(remote.retries + 1):
         results, error = attempt()
-        if not merge:
-            merged.clear()
-        for result in results:
-            if result.name not in merged or not merged[result.name].ok:
-                merged[result.name] = result
+        merge(merged, results)
         if not isinstance(error, ConnectError) or number == remote.retries:
             return list(merged.values()), error
         wait = min(30.0, 2.0**number)

@@ -331,8 +331,10 @@ class _Job:
         overwrite: bool,
         on_progress: ProgressFn,
         on_start: StartFn,
+        strict: bool = False,
     ) -> None:
         self.channel = channel
+        self.strict = strict
         self.sources = sources
         self.overwrite = overwrite
         self.on_progress = on_progress
@@ -354,9 +356,10 @@ class _Job:
             self.channel.send(msgs.Close())
             reader.join()
         except FilexferError as exc:
-            if isinstance(exc, IntegrityError) and exc is not self.replies.error:
-                # This side found the peer breaking the protocol: say so
-                # (an error the peer sent, or a broken record, is not echoed).
+            if exc is not self.replies.error and not isinstance(exc, ConnectError):
+                # This side's own reason (the peer broke the protocol, a
+                # file cannot be sent): say so. An error the peer sent, a
+                # broken record or a lost connection is not echoed.
                 self.channel.tell(exc)
             # A failed write usually means the receiver hung up; its reason
             # (an Error message) may still be in flight to the reader, and
@@ -419,12 +422,21 @@ class _Job:
                 info = os.fstat(handle.fileno())
         except (OSError, RefusedError) as exc:
             why = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+            if self.strict:
+                # The daemon serving get: the other side must hear of it,
+                # or a restore would be silently incomplete.
+                raise RefusedError(
+                    f"'{printable(source.name)}' cannot be sent: {why}", Code.IO_ERROR
+                ) from exc
             return _local_failure(source.name, source.path, why)
         if not msgs.mtime_fits(info.st_mtime_ns):
             if handle is not None:
                 handle.close()
             why = "cannot be sent (its mtime is outside the years 1678 to 2262)"
-            return _local_failure(source.name, source.path, why)
+            failure = _local_failure(source.name, source.path, why)
+            failure.directory = source.directory
+            failure.size = 0 if source.directory else info.st_size
+            return failure
         result = FileResult(source.name, source.path, size=info.st_size)
         if source.directory:
             result.size, result.directory = 0, True
@@ -731,8 +743,12 @@ def send_files(
     overwrite: bool = False,
     on_progress: ProgressFn | None = None,
     on_start: StartFn | None = None,
+    strict: bool = False,
 ) -> tuple[list[FileResult], FilexferError | None]:
     """Send every source over an established channel and close it.
+
+    ``strict`` (the daemon serving get) ends the whole job, telling the
+    peer, at the first source that cannot be opened.
 
     Returns one result per source, in job order (local failures first),
     and the error the session as a whole failed with (connection lost,
@@ -746,6 +762,7 @@ def send_files(
         overwrite,
         on_progress or (lambda _n: None),
         on_start or (lambda _n, _s: None),
+        strict,
     )
     results = job.run()
     return results, job.replies.error

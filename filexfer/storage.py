@@ -707,8 +707,8 @@ class LocalStore:
         try:
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
             fd = os.open(last, flags, dir_fd=dir_fd)
-        except OSError as exc:
-            raise _not_found(name) from exc  # replaced or removed meanwhile
+        except OSError as exc:  # replaced or removed meanwhile, or unreadable
+            raise _not_found(name) if _gone(exc) else _unreadable(name, exc) from exc
         try:
             yield from _walk_entries(fd, name, recursive)
         finally:
@@ -726,7 +726,7 @@ class LocalStore:
                 last, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
             )
         except OSError as exc:
-            raise _not_found(name) from exc
+            raise _not_found(name) if _gone(exc) else _unreadable(name, exc) from exc
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
@@ -749,6 +749,17 @@ class LocalStore:
                             exc.strerror,
                         )
         return removed
+
+
+def _gone(exc: OSError) -> bool:
+    """The name vanished, or a link or non-directory stands where it was."""
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
+def _unreadable(name: str, exc: OSError) -> RefusedError:
+    """A stored name the store cannot read now (permissions, no descriptors)."""
+    why = exc.strerror or str(exc)
+    return RefusedError(f"'{printable(name)}': cannot read ({why})", Code.IO_ERROR)
 
 
 def _not_found(name: str) -> RefusedError:
@@ -822,7 +833,11 @@ def _walk_entries(top_fd: int, top: str, recursive: bool) -> Iterator[StoredEntr
     Only the names of one directory are held at a time (plain strings,
     the least memory a sorted listing can take).
     """
-    for last in sorted(os.listdir(top_fd)):
+    try:
+        names = sorted(os.listdir(top_fd))
+    except OSError as exc:
+        raise _unreadable(top or ".", exc) from exc
+    for last in names:
         if is_part_name(last):
             continue
         name = f"{top}/{last}" if top else last
@@ -843,8 +858,10 @@ def _walk_below(parent_fd: int, last: str, name: str) -> Iterator[StoredEntry]:
         fd = os.open(
             last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd
         )
-    except OSError:
-        return  # replaced or removed meanwhile: not part of the listing
+    except OSError as exc:
+        if _gone(exc):
+            return  # replaced or removed meanwhile: not part of the listing
+        raise _unreadable(name, exc) from exc
     try:
         yield from _walk_entries(fd, name, True)
     finally:

@@ -132,6 +132,19 @@ class Receiver:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     _log: object = field(default=None, repr=False)
+    max_files: int | None = None  # a descriptor limit for the daemon
+
+    def _python(self) -> list[str]:
+        if self.max_files is None:
+            return [sys.executable, "-m", "filexfer"]
+        limit = f"({self.max_files}, {self.max_files})"
+        script = (
+            "import resource, sys\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, {limit})\n"
+            "from filexfer.cli import main\n"
+            "main(sys.argv[1:])\n"
+        )
+        return [sys.executable, "-c", script]
 
     def start(self, timeout: float = 20) -> Receiver:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -139,9 +152,7 @@ class Receiver:
         self._log = log
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "filexfer",
+                *self._python(),
                 "recv",
                 "--dir",
                 str(self.root),

@@ -602,3 +602,74 @@ def test_json_keeps_job_order_when_a_file_is_offered_again(
     assert done.returncode == 0, done.stderr
     assert [r["name"] for r in records] == ["a.bin", "b.bin"]
     assert sha256(pair.area / "a.bin") == sha256(first)
+
+
+def test_get_of_files_the_daemon_cannot_open_is_not_a_success(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A daemon out of descriptors must say so, not send part of a folder
+    and let the download exit 0."""
+    top = pair.area / "many"
+    top.mkdir()
+    for index in range(120):
+        (top / f"f{index:03d}.txt").write_text(f"{index}\n")
+    pair.receiver.stop()
+    starved = Receiver(
+        pair.receiver.home,
+        pair.receiver.root,
+        tmp_path / "starved.log",
+        max_files=40,
+    ).start()
+    try:
+        done = cli(
+            [
+                "get",
+                "--fingerprint",
+                pair.receiver_fingerprint,
+                starved.address,
+                "-r",
+                "-o",
+                tmp_path / "dl",
+                "many",
+            ],
+            pair.sender_home,
+        )
+    finally:
+        starved.stop()
+
+    assert done.returncode in (6, 7), done.stderr
+    assert "cannot be sent" in done.stderr or "cannot read" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_retried_get_keeps_what_arrived_when_the_last_attempt_fails() -> None:
+    from filexfer.errors import ConnectError
+    from filexfer.options import merge_download
+    from filexfer.sender import FileResult
+
+    lost = ConnectError("connection refused")
+    merged: dict[str, FileResult] = {}
+    first = [FileResult("big/f1", digest="aa"), FileResult("big/f2", error=lost)]
+    merge_download(merged, first)
+    merge_download(merged, [FileResult("big", error=lost)])  # cannot connect
+
+    assert {name: r.ok for name, r in merged.items()} == {
+        "big": False,
+        "big/f1": True,
+    }
+
+    again = FileResult("big/f1", digest="aa", unchanged=True)
+    merge_download(merged, [again, FileResult("big/f2", digest="bb")])
+
+    assert {name: r.ok for name, r in merged.items()} == {
+        "big/f1": True,
+        "big/f2": True,
+    }
+    assert merged["big/f1"].unchanged is False  # it arrived in this run
+
+
+def test_an_address_with_stray_colons_is_a_usage_error(pair: Pair) -> None:
+    done = cli(["ls", "127.0.0.1:17001:5"], pair.sender_home)
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("filexfer: error: bad host in '127.0.0.1:17001:5'")
