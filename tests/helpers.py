@@ -137,14 +137,7 @@ class Receiver:
     def _python(self) -> list[str]:
         if self.max_files is None:
             return [sys.executable, "-m", "filexfer"]
-        limit = f"({self.max_files}, {self.max_files})"
-        script = (
-            "import resource, sys\n"
-            f"resource.setrlimit(resource.RLIMIT_NOFILE, {limit})\n"
-            "from filexfer.cli import main\n"
-            "main(sys.argv[1:])\n"
-        )
-        return [sys.executable, "-c", script]
+        return filexfer_with_file_limit(self.max_files)
 
     def start(self, timeout: float = 20) -> Receiver:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -404,6 +397,17 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def filexfer_with_file_limit(limit: int) -> list[str]:
+    """``filexfer`` as a command that may open at most limit descriptors."""
+    script = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))\n"
+        "from filexfer.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    return [sys.executable, "-c", script]
 
 
 def filexfer_command(*args: str | os.PathLike[str]) -> list[str]:

@@ -11,7 +11,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.helpers import (
     base_env,
     cli,
     filexfer_command,
+    filexfer_with_file_limit,
     leftovers,
     random_file,
     sha256,
@@ -758,14 +758,11 @@ def test_put_of_many_files_needs_few_descriptors(pair: Pair, tmp_path: Path) -> 
     top.mkdir(parents=True)
     for index in range(300):
         (top / f"f{index:03d}.txt").write_text(f"{index}\n")
-    script = (
-        "import resource, sys\n"
-        "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
-        "from filexfer.cli import main\n"
-        "main(sys.argv[1:])\n"
-    )
     done = subprocess.run(
-        [sys.executable, "-c", script, *map(str, pair.put_args("-q", "-r", top))],
+        [
+            *filexfer_with_file_limit(128),
+            *map(str, pair.put_args("-q", "-r", top)),
+        ],
         env=base_env(pair.sender_home),
         capture_output=True,
         text=True,
