@@ -9,6 +9,7 @@ errors propagate to :func:`main`, which prints ``filexfer: error: ...``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -332,30 +333,60 @@ cli.add_command(ls_command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI and turn every outcome into an exit code."""
+    """Entry point: run the CLI and turn every outcome into an exit code.
+
+    The process then ends at once, without the interpreter's tear-down of
+    every module, which costs a one-file ``put`` about a fifth of its
+    time.  Nothing is lost by it: every file this program writes is closed
+    (and, where it matters, fsynced) before its command returns, and the
+    standard streams are flushed here.
+    """
+    code = _run(argv)
+    try:
+        sys.stdout.flush()
+    except OSError:
+        code = code or 1  # stdout is gone (a closed pipe): nothing to tell
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="filexfer", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         # click turns Ctrl-C (SIGINT) into Abort before it reaches us.
         interrupted = InterruptError()
         print_error(interrupted)
-        sys.exit(interrupted.exit_code)
+        return interrupted.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.format_message(), err=True)
-        sys.exit(2)
+        return 2
     except click.ClickException as exc:
         _print_usage_error(exc)
-        sys.exit(2)
+        return 2
     except FilexferError as exc:
         print_error(exc)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    except SystemExit as exc:
+        return _exit_status(exc)
     except Exception as exc:
         if Debug.enabled:
             raise
         click.echo(f"filexfer: error: unexpected error: {exc!r}", err=True)
         click.echo("filexfer: hint: rerun with --debug and report it", err=True)
-        sys.exit(1)
-    sys.exit(0)
+        return 1
+    return 0
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status sys.exit(X) would have ended the process with."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
 
 
 def _print_usage_error(exc: click.ClickException) -> None:
