@@ -40,21 +40,14 @@ from __future__ import annotations
 import base64
 import errno
 import fcntl
-import hashlib
 import os
-import secrets
 import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
 
 from .errors import TrustError, UsageError, os_reason
 from .printable import is_plain, printable
@@ -102,9 +95,17 @@ def decode_public(text: str) -> bytes:
     return raw
 
 
+def _sha256(data: bytes) -> bytes:
+    # cryptography's SHA-256, which is loaded anyway: hashlib would cost
+    # every command a few ms of start-up for two small hashes.
+    hasher = hashes.Hash(hashes.SHA256())
+    hasher.update(data)
+    return hasher.finalize()
+
+
 def fingerprint(raw: bytes) -> str:
     """Return the ``SHA256:...`` fingerprint of a raw public key."""
-    digest = hashlib.sha256(raw).digest()
+    digest = _sha256(raw)
     return "SHA256:" + base64.b64encode(digest).rstrip(b"=").decode("ascii")
 
 
@@ -119,7 +120,7 @@ class Identity:
 
     @property
     def public(self) -> bytes:
-        return self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return self.private.public_key().public_bytes_raw()
 
     @property
     def public_line(self) -> str:
@@ -141,8 +142,8 @@ def _ensure_dir(path: Path) -> None:
 def _create_identity(path: Path) -> None:
     """Put a new private key at path, unless a racing process did first."""
     key = X25519PrivateKey.generate()
-    raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    temp = path.with_name(f".{path.name}-{secrets.token_hex(8)}.tmp")
+    raw = key.private_bytes_raw()
+    temp = path.with_name(f".{path.name}-{os.urandom(8).hex()}.tmp")
     try:
         _write_new(temp, (PRIVATE_PREFIX + _b64(raw) + "\n").encode("ascii"))
         _link_or_keep(temp, path)
@@ -331,7 +332,7 @@ AUTO_AREA_PREFIX = "key-"
 
 def area_for(key: bytes) -> str:
     """The default area of a key: a folder name derived from the key alone."""
-    return AUTO_AREA_PREFIX + hashlib.sha256(key).hexdigest()[:16]
+    return AUTO_AREA_PREFIX + _sha256(key).hex()[:16]
 
 
 def check_area(name: str, write: bool = True) -> str:

@@ -16,14 +16,18 @@ here; that is the storage layer's job, in one place.
 
 The byte layouts are listed in ``docs/protocol.md``; this module is their
 one implementation.
+
+Messages are named tuples, which are cheaper than dataclasses both to
+define (every command's start-up) and to build (one per record).  Like
+any tuples, two messages of different types with equal fields compare
+equal: code tells messages apart by type, never with ``==``.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PROTOCOL_VERSION = 1
 DIGEST_LEN = 32
@@ -56,16 +60,14 @@ class Kind(enum.IntEnum):
     GET = 0x32
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(NamedTuple):
     """Handshake payload: protocol version and the largest record accepted."""
 
     version: int
     max_plaintext: int
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
+class Offer(NamedTuple):
     """Sender proposes a file (or a directory): id in job order, name, metadata.
 
     ``fresh`` asks the receiver not to reuse anything it holds (no resume,
@@ -82,8 +84,7 @@ class Offer:
     directory: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Accept:
+class Accept(NamedTuple):
     """Receiver takes the file; with a digest, it already holds a prefix.
 
     ``digest`` is the BLAKE3 of the first ``offset`` bytes the receiver
@@ -96,8 +97,7 @@ class Accept:
     digest: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
+class Reject(NamedTuple):
     """Receiver refuses (or, after Accept, fails) one file; job goes on."""
 
     file_id: int
@@ -105,15 +105,13 @@ class Reject:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Data:
+class Data(NamedTuple):
     """The next chunk of the file currently being sent."""
 
     payload: memoryview | bytes
 
 
-@dataclass(frozen=True, slots=True)
-class End:
+class End(NamedTuple):
     """Sender has sent every byte of file_id; digest covers the whole file."""
 
     file_id: int
@@ -121,8 +119,7 @@ class End:
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Abort:
+class Abort(NamedTuple):
     """Sender gives up on the current file; the receiver discards it."""
 
     file_id: int
@@ -130,37 +127,32 @@ class Abort:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(NamedTuple):
     """Receiver committed file_id durably; digest is its own computation."""
 
     file_id: int
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
+class Close(NamedTuple):
     """No more files from this side; answered by Close after the last Done."""
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+class Error(NamedTuple):
     """Fatal: the session ends after this message."""
 
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class List:
+class List(NamedTuple):
     """Initiator asks what is stored under name ("" for everything)."""
 
     name: str
     recursive: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One stored file or directory, answering List; digest when known."""
 
     size: int
@@ -171,8 +163,7 @@ class Entry:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Get:
+class Get(NamedTuple):
     """Initiator asks for a stored file or tree; ``last`` ends the requests."""
 
     name: str

@@ -12,7 +12,6 @@ job ends with: 7 when some files failed and others arrived.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -100,6 +99,8 @@ def json_line(result: FileResult) -> str:
     if result.error is not None:
         record["error"] = str(result.error)
         record["exit_code"] = result.error.exit_code
+    import json  # only --json needs it: not loaded for every command
+
     return json.dumps(record, ensure_ascii=True)
 
 

@@ -34,13 +34,12 @@ stored files without following a symlink or showing a part file.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import mmap
 import os
-import secrets
 import stat
 import struct
 import time
@@ -144,53 +143,54 @@ def names_overlap(one: str, other: str) -> bool:
     return one == other or one.startswith(other + "/") or other.startswith(one + "/")
 
 
-def _libc_syncfs() -> Callable[[int], int] | None:
+@functools.cache
+def _libc(name: str) -> Callable[..., int] | None:
+    """A libc function the os module lacks, or None where libc has none.
+
+    Looked up on first use: ctypes and the lookups cost a few ms, which a
+    command that stores nothing (``put``, ``ls``) should not pay.
+    """
+    import ctypes
+
+    argtypes = {
+        "syncfs": [ctypes.c_int],
+        "sync_file_range": [
+            ctypes.c_int,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_uint,
+        ],
+        "renameat2": [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        ],
+    }
     try:
-        func: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
-        return func
+        func = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError):
         return None
+    func.argtypes = argtypes[name]
+    found: Callable[..., int] = func
+    return found
 
 
-_SYNCFS = _libc_syncfs()
+def _libc_error(path: str | None = None) -> OSError:
+    """The OSError for the errno the last libc call left."""
+    import ctypes
+
+    err = ctypes.get_errno()
+    return OSError(err, os.strerror(err), path)
 
 
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        func = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    started: Callable[[int, int, int, int], int] = func
-    return started
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 # A large file is handed to the disk in steps of this size while it is
 # still arriving, so that the fsync before its commit finds little left to
 # do, and dirty pages never pile up into one long stall.
 WRITEBACK_STEP = 16 << 20
-
-
-def _libc_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
-    try:
-        func = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return None
-    func.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    found: Callable[[int, bytes, int, bytes, int], int] = func
-    return found
-
-
-_RENAMEAT2 = _libc_renameat2()
 _RENAME_NOREPLACE = 1
 
 
@@ -201,13 +201,14 @@ def rename_no_replace(dir_fd: int, old: str, new: str) -> None:
     (renameat2 with RENAME_NOREPLACE); otherwise a hard link to the new
     name, which also fails on an existing name, then removal of the old.
     """
-    if _RENAMEAT2 is not None:
+    renameat2 = _libc("renameat2")
+    if renameat2 is not None:
         old_b, new_b = os.fsencode(old), os.fsencode(new)
-        if _RENAMEAT2(dir_fd, old_b, dir_fd, new_b, _RENAME_NOREPLACE) == 0:
+        if renameat2(dir_fd, old_b, dir_fd, new_b, _RENAME_NOREPLACE) == 0:
             return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(err, os.strerror(err), new)
+        error = _libc_error(new)
+        if error.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise error
     os.link(old, new, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     os.unlink(old, dir_fd=dir_fd)
 
@@ -238,17 +239,18 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     Only a hint: durability still comes from fsync, and a kernel or file
     system without sync_file_range simply skips it.
     """
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+    sync_file_range = _libc("sync_file_range")
+    if sync_file_range is not None:
+        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def syncfs(fd: int) -> bool:
     """Flush the whole file system holding fd; False if unsupported."""
-    if _SYNCFS is None:
+    call = _libc("syncfs")
+    if call is None:
         return False
-    if _SYNCFS(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    if call(fd) != 0:
+        raise _libc_error()
     return True
 
 
@@ -616,7 +618,7 @@ class LocalStore:
                 part = self._new_resumable(placement, dir_fd)
                 if part is not None:
                     return part
-            part_name = f"{PART_PREFIX}{secrets.token_hex(8)}{PART_SUFFIX}"
+            part_name = f"{PART_PREFIX}{os.urandom(8).hex()}{PART_SUFFIX}"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             fd = os.open(part_name, flags | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         except OSError as exc:
