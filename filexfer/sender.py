@@ -275,6 +275,13 @@ class _Replies:
             self.error = self.error or error
             self.cond.notify_all()
 
+    def decision(self, file_id: int) -> msgs.Accept | msgs.Reject | None:
+        """The receiver's answer to an offer, if it has come (no waiting)."""
+        with self.cond:
+            if file_id not in self.decisions:
+                self._raise_if_stopped()
+            return self.decisions.get(file_id)
+
     def wait_decision(self, file_id: int) -> msgs.Accept | msgs.Reject:
         with self.cond:
             while file_id not in self.decisions:
@@ -354,6 +361,7 @@ class _Job:
         try:
             self._send_all()
             self.channel.send(msgs.Close())
+            self.channel.flush()
             reader.join()
         except FilexferError as exc:
             if exc is not self.replies.error and not isinstance(exc, ConnectError):
@@ -377,8 +385,16 @@ class _Job:
         return self._results()
 
     def _send_all(self) -> None:
+        """Offer ahead and send each file in turn.
+
+        Small messages (offers, the data of small files, ends) are corked:
+        held back and written together, so that a tree of small files
+        costs a few large writes rather than three small ones per file.
+        What is held goes out before this side waits for the receiver.
+        """
         position = 0
         while True:
+            self.channel.cork()
             self._offer_ahead(position)
             if position >= len(self.offered):
                 return
@@ -467,7 +483,11 @@ class _Job:
                 opened.file.close()
 
     def _send_decided(self, opened: _Opened) -> None:
-        decision = self.replies.wait_decision(opened.file_id)
+        decision = self.replies.decision(opened.file_id)
+        if decision is None:
+            self.channel.flush()  # the receiver may need what is held to decide
+            decision = self.replies.wait_decision(opened.file_id)
+            self.channel.cork()
         if isinstance(decision, msgs.Reject):
             return
         opened.started = time.monotonic()

@@ -68,7 +68,7 @@ CHUNK_SIZE = 1 << 20
 # Input is read in blocks of this size, so that small records do not cost
 # a system call each.
 INBOX_SIZE = 256 << 10
-# Corked replies are sent once this much is held, whatever else happens.
+# Corked messages are sent before more than this would be held.
 MAX_HELD = 64 << 10
 
 
@@ -259,7 +259,7 @@ class Channel:
         with translate("send", self.idle, self.peer_role):
             out = memoryview(self._wire_out)
             total = self._sealer.seal_into(plaintext, out)
-            if self._held is not None and len(self._held) < MAX_HELD:
+            if self._held is not None and len(self._held) + total <= MAX_HELD:
                 self._held += out[:total]
                 return
             self.flush()
