@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,27 +137,25 @@ def make_tree(key: str, title: str, top: Path, count: int, size: int) -> Workloa
     return Workload(key, title, top, count, count * size, digests, "files/s")
 
 
-def create(root: Path, sizes: Sizes) -> list[Workload]:
-    """Write every workload under ROOT; the order is the order of the table."""
+KEYS = ("big", "tree", "small")
+
+
+def create(root: Path, sizes: Sizes, keys: Sequence[str] = KEYS) -> list[Workload]:
+    """Write the workloads named by keys under ROOT, in the table's order."""
     big, leaf, small = sizes.big_file, sizes.tree_file_size, sizes.small_file
     count = sizes.tree_files
-    return [
-        make_file("big", f"{_size_title(big)} file", root / "big.bin", big, "MB/s"),
-        make_tree(
-            "tree",
-            f"{count:,} x {_size_title(leaf)} files",
-            root / "tree",
-            count,
-            leaf,
-        ),
-        make_file(
-            "small",
-            f"one {_size_title(small)} file",
-            root / "small" / "one.bin",
-            small,
-            "files/s",
-        ),
-    ]
+    made = []
+    if "big" in keys:
+        title = f"{_size_title(big)} file"
+        made.append(make_file("big", title, root / "big.bin", big, "MB/s"))
+    if "tree" in keys:
+        title = f"{count:,} x {_size_title(leaf)} files"
+        made.append(make_tree("tree", title, root / "tree", count, leaf))
+    if "small" in keys:
+        title = f"one {_size_title(small)} file"
+        path = root / "small" / "one.bin"
+        made.append(make_file("small", title, path, small, "files/s"))
+    return made
 
 
 def _size_title(size: int) -> str:
