@@ -557,7 +557,7 @@ class _Job:
         remaining = opened.info.st_size - offset
         if remaining >= READ_AHEAD_MIN:
             return self._stream_read_ahead(opened, hasher, remaining)
-        buffer = self.channel.data_buffer()
+        buffer = self.channel.data_buffer(remaining)
         reader = opened.file
         assert reader is not None
         while remaining > 0:

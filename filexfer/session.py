@@ -36,7 +36,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import messages as msgs
 from .errors import (
@@ -70,10 +70,13 @@ CHUNK_SIZE = 1 << 20
 INBOX_SIZE = 256 << 10
 # Corked messages are sent before more than this would be held.
 MAX_HELD = 64 << 10
+# Record buffers start this small and grow to the largest record size the
+# first time a record needs it: a session of small files never touches
+# (and a one-file put never pays to clear) megabytes of buffers.
+FIRST_BUFFER = 64 << 10
 
 
-@dataclass(frozen=True)
-class Timeouts:
+class Timeouts(NamedTuple):
     """Deadlines in seconds; all have CLI flags."""
 
     connect: float = 10.0
@@ -201,11 +204,10 @@ class Channel:
         self._sealer = Sealer(send_key)
         self._opener = Opener(recv_key)
         self._max_in = max_in
-        self._plain_out = bytearray(1 + CHUNK_SIZE)
-        self._plain_out[0] = msgs.Kind.DATA
-        self._wire_out = bytearray(HEADER_LEN + MAX_PLAINTEXT + TAG_LEN)
-        self._wire_in = bytearray(max_in + TAG_LEN)
-        self._plain_in = bytearray(max_in)
+        self._plain_out = self._new_plain_out(FIRST_BUFFER)
+        self._wire_out = bytearray(HEADER_LEN + FIRST_BUFFER + TAG_LEN)
+        self._wire_in = bytearray(FIRST_BUFFER + TAG_LEN)
+        self._plain_in = bytearray(FIRST_BUFFER)
         self._held: bytearray | None = None
         self._inbox = bytearray(INBOX_SIZE)
         self._inbox_start = self._inbox_end = 0
@@ -239,13 +241,23 @@ class Channel:
             with translate("send", self.idle, self.peer_role):
                 self.sock.sendall(held)
 
-    def data_buffer(self) -> memoryview:
-        """A buffer to fill with the next chunk before :meth:`send_data`."""
+    def data_buffer(self, size: int | None = None) -> memoryview:
+        """A buffer to fill with the next chunk before :meth:`send_data`.
+
+        It holds one chunk, or at least size bytes when that is less.
+        """
+        want = self.chunk_size if size is None else min(size, self.chunk_size)
+        if len(self._plain_out) < 1 + want:
+            self._plain_out = self._new_plain_out(self.chunk_size)
         return memoryview(self._plain_out)[1 : 1 + self.chunk_size]
 
     def new_data_buffer(self) -> bytearray:
         """A Data message buffer of one's own: the chunk goes after byte 0."""
-        plain = bytearray(1 + self.chunk_size)
+        return self._new_plain_out(self.chunk_size)
+
+    @staticmethod
+    def _new_plain_out(chunk: int) -> bytearray:
+        plain = bytearray(1 + chunk)
         plain[0] = msgs.Kind.DATA
         return plain
 
@@ -257,6 +269,8 @@ class Channel:
 
     def _send_plain(self, plaintext: bytes | memoryview) -> None:
         with translate("send", self.idle, self.peer_role):
+            if len(self._wire_out) < HEADER_LEN + len(plaintext) + TAG_LEN:
+                self._wire_out = bytearray(HEADER_LEN + MAX_PLAINTEXT + TAG_LEN)
             out = memoryview(self._wire_out)
             total = self._sealer.seal_into(plaintext, out)
             if self._held is not None and len(self._held) + total <= MAX_HELD:
@@ -278,11 +292,15 @@ class Channel:
         way it is valid only until that buffer is used again.  An Error
         message from the peer is raised as the matching error.
         """
-        plain = memoryview(self._plain_in) if into is None else into
         with translate("receive", self.idle, self.peer_role):
             header = bytearray(HEADER_LEN)
             self._read_exact(memoryview(header))
             length = parse_length(bytes(header), self._max_in)
+            if len(self._wire_in) < length:
+                self._wire_in = bytearray(self._max_in + TAG_LEN)
+            if into is None and len(self._plain_in) < length - TAG_LEN:
+                self._plain_in = bytearray(self._max_in)
+            plain = memoryview(self._plain_in) if into is None else into
             body = memoryview(self._wire_in)[:length]
             self._read_exact(body)
             size = self._opener.open_into(bytes(header), body, plain)
