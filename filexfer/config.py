@@ -35,9 +35,8 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .errors import UsageError, os_reason
 from .keys import check_fingerprint_text, config_dir
@@ -64,7 +63,6 @@ class AddressParser(Protocol):
 # the caller adds the file, section and key.
 
 
-@dataclass(frozen=True)
 class Flag:
     """A TOML boolean."""
 
@@ -74,8 +72,7 @@ class Flag:
         return value
 
 
-@dataclass(frozen=True)
-class Integer:
+class Integer(NamedTuple):
     """A TOML integer from low to high (no upper bound when high is None)."""
 
     low: int
@@ -93,8 +90,7 @@ class Integer:
         return self.low <= value and (self.high is None or value <= self.high)
 
 
-@dataclass(frozen=True)
-class Seconds:
+class Seconds(NamedTuple):
     """A timeout: a TOML integer or float from low to high."""
 
     low: float = 0.1
@@ -110,7 +106,6 @@ class Seconds:
         )
 
 
-@dataclass(frozen=True)
 class Text:
     """A non-empty TOML string."""
 
@@ -120,7 +115,6 @@ class Text:
         return value
 
 
-@dataclass(frozen=True)
 class Fingerprint:
     """A receiver's fingerprint, in any form that --fingerprint takes."""
 
@@ -174,8 +168,7 @@ _PARAMETER = {"json": "as_json", "dir": "root_text", "fingerprint": "given_fp"}
 # -- the parsed file ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Host:
+class Host(NamedTuple):
     """One [hosts.NAME] section, ready for put."""
 
     name: str
@@ -183,8 +176,7 @@ class Host:
     options: Mapping[str, object]  # put defaults, fingerprint included
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """A checked config file (all empty when there is none)."""
 
     path: Path
@@ -313,8 +305,7 @@ def parse(text: str, path: Path, parse_address: AddressParser) -> Config:
     return _Parser(path, parse_address).config(document)
 
 
-@dataclass(frozen=True)
-class _Parser:
+class _Parser(NamedTuple):
     path: Path
     parse_address: AddressParser
 

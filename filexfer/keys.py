@@ -43,8 +43,8 @@ import fcntl
 import os
 import shlex
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -114,8 +114,7 @@ def short_fingerprint(raw: bytes) -> str:
     return fingerprint(raw)[:19]
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     private: X25519PrivateKey
 
     @property
@@ -250,8 +249,7 @@ def load_identity(home: Path | None = None, create: bool = True) -> Identity:
     return Identity(_read_private(path))
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     """One non-comment line of a key file."""
 
     number: int  # 1-based line number in the file
@@ -313,8 +311,7 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     """What one authorized key may do, and where.
 
     ``area`` is the folder under the receiver's root that the key works

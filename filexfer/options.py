@@ -22,9 +22,8 @@ import stat
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 from click.core import ParameterSource
@@ -369,8 +368,7 @@ def apply_options(
     return apply
 
 
-@dataclass(frozen=True)
-class Remote:
+class Remote(NamedTuple):
     """Where a client command connects, and how it decides to trust it."""
 
     host: str

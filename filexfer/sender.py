@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from blake3 import blake3
 
@@ -66,8 +67,7 @@ log = logging.getLogger(__name__)
 OFFER_WINDOW = 64
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """A local file (or empty directory) and the name it gets on the receiver.
 
     ``opener``, when set, opens the file instead of its path (the daemon

@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from blake3 import blake3
 
@@ -75,8 +76,7 @@ DIGEST_ATTR = "user.filexfer.blake3"
 _DIGEST_VALUE = struct.Struct(">32sQq")
 
 
-@dataclass(frozen=True)
-class StoredEntry:
+class StoredEntry(NamedTuple):
     """A file or directory found in the store, for listings and downloads."""
 
     name: str
@@ -87,8 +87,7 @@ class StoredEntry:
     digest: bytes | None = None
 
 
-@dataclass(frozen=True)
-class NameLimits:
+class NameLimits(NamedTuple):
     """Limits on names a peer may send; all have CLI flags on recv."""
 
     max_component: int = 255  # bytes of UTF-8, the usual NAME_MAX
