@@ -211,6 +211,7 @@ class Channel:
         self._held: bytearray | None = None
         self._inbox = bytearray(INBOX_SIZE)
         self._inbox_start = self._inbox_end = 0
+        self._streaming = False  # the last record was large
         sock.settimeout(idle)
 
     @property
@@ -294,8 +295,9 @@ class Channel:
         """
         with translate("receive", self.idle, self.peer_role):
             header = bytearray(HEADER_LEN)
-            self._read_exact(memoryview(header))
+            self._read_exact(memoryview(header), blocks=not self._streaming)
             length = parse_length(bytes(header), self._max_in)
+            self._streaming = length >= INBOX_SIZE // 2
             if len(self._wire_in) < length:
                 self._wire_in = bytearray(self._max_in + TAG_LEN)
             if into is None and len(self._plain_in) < length - TAG_LEN:
@@ -317,12 +319,15 @@ class Channel:
         readable, _, _ = select.select([self.sock], [], [], wait)
         return bool(readable)
 
-    def _read_exact(self, view: memoryview) -> None:
+    def _read_exact(self, view: memoryview, blocks: bool = True) -> None:
         """Fill view with the next input bytes.
 
         Small records would cost a system call or two each; instead the
         socket is read in blocks of up to INBOX_SIZE and records are cut
-        from that.  A large record body is read straight into place.
+        from that.  A large record body is read straight into place, and
+        so is the header that follows one (``blocks`` false): while large
+        records stream, a block read for the header would only be copied
+        again into the next body.
         """
         inbox = memoryview(self._inbox)
         take = min(self._inbox_end - self._inbox_start, len(view))
@@ -331,7 +336,7 @@ class Channel:
         view = view[take:]
         if not view:
             return
-        if len(view) >= INBOX_SIZE // 2:
+        if len(view) >= INBOX_SIZE // 2 or not blocks:
             _recv_exact(self.sock, view)
             return
         self._inbox_start = self._inbox_end = 0
