@@ -31,6 +31,7 @@ from filexfer.keys import Identity
 from filexfer.noise import HandshakeState
 from filexfer.records import MAX_PLAINTEXT
 from filexfer.session import (
+    FIRST_BUFFER,
     MAX_HANDSHAKE_MESSAGE,
     MAX_HELD,
     PROLOGUE,
@@ -380,6 +381,21 @@ def test_handshake_authenticates_both_sides(
     channel.close()
 
 
+def test_both_ends_of_a_connection_send_at_once(
+    responders: Callable[..., Responder],
+) -> None:
+    # With Nagle's algorithm on, a small write waits for the ack of the
+    # previous one: about 40 ms, twice, for a one-file put.
+    responder = responders(identity=new_identity(), authorized=lambda _k: True)
+    channel = connect("127.0.0.1", responder.port, new_identity(), accept_any)
+    responder.wait()
+    assert responder.channel is not None
+
+    for end in (channel, responder.channel):
+        assert end.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    channel.close()
+
+
 def test_each_connection_gets_fresh_keys(responders: Callable[..., Responder]) -> None:
     # The same message on two connections between the same identities
     # must not produce the same bytes (ephemeral keys, counters from 0).
@@ -638,3 +654,49 @@ def test_input_waiting_counts_what_was_already_read(
     assert right.input_waiting()
     assert right.recv() == msgs.Accept(1, 0)
     assert not right.input_waiting()
+
+
+def test_records_of_any_size_in_any_order_arrive_intact(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """Buffers start small and grow; a header after a large record is read
+    on its own.  Neither may lose or mix up a byte."""
+    left, right = pair
+    full = left.chunk_size
+    sizes = [0, 1, FIRST_BUFFER - 1, FIRST_BUFFER, FIRST_BUFFER + 1, 5, full]
+    sizes += [full, 3, full - 1, FIRST_BUFFER, full, 0]
+    chunks = [bytes((i * 7 + n) % 251 for i in range(n)) for n in sizes]
+    received: list[bytes | msgs.Message] = []
+
+    def read() -> None:
+        for _ in sizes:
+            data = right.recv()
+            assert isinstance(data, msgs.Data)
+            received.append(bytes(data.payload))
+            received.append(right.recv())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for index, chunk in enumerate(chunks):
+        buffer = left.data_buffer(len(chunk))
+        assert len(buffer) >= len(chunk)
+        buffer[: len(chunk)] = chunk
+        left.send_data(len(chunk))
+        left.send(msgs.Accept(index, 0))
+    reader.join(timeout=20)
+
+    assert not reader.is_alive()
+    expected: list[bytes | msgs.Message] = []
+    for index, chunk in enumerate(chunks):
+        expected += [chunk, msgs.Accept(index, 0)]
+    assert received == expected
+
+
+def test_a_data_buffer_asked_for_little_starts_small(
+    pair: tuple[Channel, Channel],
+) -> None:
+    left, _ = pair
+
+    assert len(left.data_buffer(4096)) == FIRST_BUFFER
+    assert len(left.data_buffer(FIRST_BUFFER + 1)) == left.chunk_size
+    assert len(left.data_buffer(10)) == left.chunk_size  # never shrinks
