@@ -12,7 +12,8 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -74,10 +75,16 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-def start_put(pair: Pair, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
-    """`put` as a background process (for killing it, or running two)."""
+def start_put(
+    pair: Pair, *args: str | os.PathLike[str], via: str | None = None
+) -> subprocess.Popen[str]:
+    """`put` as a background process (for killing it, or running two);
+    via: the address to connect to instead of the receiver's (a proxy)."""
+    argv = pair.put_args(*args)
+    if via is not None:
+        argv[-1] = via
     return subprocess.Popen(
-        filexfer_command(*pair.put_args(*args)),
+        filexfer_command(*argv),
         env=base_env(pair.sender_home),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -427,13 +434,33 @@ def test_put_overwrite_replaces_atomically(
 
 # -- C05: interrupted transfers ------------------------------------------------
 
-SLOW_RECEIVER = recv_flags(max_record=1024)  # small records: a slower transfer
 BIG = 16 * MiB
+HOLD_AT = 4 * MiB
+
+
+@dataclass
+class Held:
+    """A pair whose puts pass through a proxy that stops forwarding the
+    sender's bytes after HOLD_AT of them: the transfer is caught mid-way,
+    and stays there however fast the machine is, until the test acts.
+    Closing the proxy cuts the connection on both sides."""
+
+    pair: Pair
+    proxy: Proxy
+
+    def start_put(self, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
+        return start_put(self.pair, *args, via=self.proxy.address)
+
+    def wait_mid_transfer(self, part_size: int = 0) -> None:
+        assert self.proxy.holding.wait(60), "the put never got to HOLD_AT"
+        wait_for_part(self.pair.area, part_size)
 
 
 @pytest.fixture
-def slow_pair(make_pair: Callable[..., Pair]) -> Pair:
-    return make_pair(*SLOW_RECEIVER)
+def held(make_pair: Callable[..., Pair]) -> Iterator[Held]:
+    pair = make_pair()
+    with Proxy(pair.receiver.port, Tamper(hold_at=HOLD_AT)) as proxy:
+        yield Held(pair, proxy)
 
 
 @pytest.fixture
@@ -442,41 +469,45 @@ def big_source(tmp_path: Path) -> Path:
 
 
 def test_put_sender_killed_mid_transfer_leaves_nothing(
-    slow_pair: Pair, big_source: Path
+    held: Held, big_source: Path
 ) -> None:
     """SIGKILL of the sender: nothing under the final name, only the part
     kept for a resume, which the next run uses (C05)."""
-    root = slow_pair.area
-    sender = start_put(slow_pair, big_source)
-    wait_for_part(root)
+    pair = held.pair
+    root = pair.area
+    sender = held.start_put(big_source)
+    held.wait_mid_transfer()
 
     sender.kill()
     sender.wait(30)
-    slow_pair.receiver.wait_for_log(r"event=session\.failed")
+    held.proxy.close()  # the receiver sees the connection go
+    pair.receiver.wait_for_log(r"event=session\.failed")
 
     assert not (root / "big.bin").exists()
     assert stray_parts(root) == []
-    assert slow_pair.receiver.alive()
-    assert "event=transfer.kept_for_resume" in slow_pair.receiver.log()
-    assert "path=big.bin" in slow_pair.receiver.log()
+    assert pair.receiver.alive()
+    assert "event=transfer.kept_for_resume" in pair.receiver.log()
+    assert "path=big.bin" in pair.receiver.log()
 
-    rerun = slow_pair.put(big_source)
+    rerun = pair.put(big_source)
     assert_success(rerun, 1)
     assert sha256(root / "big.bin") == sha256(big_source)
     assert leftovers(root) == []
 
 
 def test_put_sender_interrupted_says_not_completed(
-    slow_pair: Pair, big_source: Path
+    held: Held, big_source: Path
 ) -> None:
     """SIGINT of the sender: non-zero exit, a one-line message (C05)."""
-    root = slow_pair.area
-    sender = start_put(slow_pair, big_source)
-    wait_for_part(root)
+    pair = held.pair
+    root = pair.area
+    sender = held.start_put(big_source)
+    held.wait_mid_transfer()
 
     sender.send_signal(signal.SIGINT)
     stdout, stderr = sender.communicate(timeout=30)
-    slow_pair.receiver.wait_for_log(r"event=session\.failed")
+    held.proxy.close()
+    pair.receiver.wait_for_log(r"event=session\.failed")
 
     assert sender.returncode == 130
     assert stdout == ""
@@ -488,13 +519,11 @@ def test_put_sender_interrupted_says_not_completed(
     assert stray_parts(root) == []
 
 
-def test_put_json_interrupted_reports_every_file(
-    slow_pair: Pair, big_source: Path
-) -> None:
+def test_put_json_interrupted_reports_every_file(held: Held, big_source: Path) -> None:
     """Ctrl-C still ends with one object per file, and exit 130 (C15)."""
-    small = write(slow_pair.tmp / "src" / "small.txt", b"small\n")
-    sender = start_put(slow_pair, "--json", big_source, small)
-    wait_for_part(slow_pair.area)
+    small = write(held.pair.tmp / "src" / "small.txt", b"small\n")
+    sender = held.start_put("--json", big_source, small)
+    held.wait_mid_transfer()
 
     sender.send_signal(signal.SIGINT)
     stdout, stderr = sender.communicate(timeout=30)
@@ -509,14 +538,15 @@ def test_put_json_interrupted_reports_every_file(
 
 
 def test_put_json_receiver_stopped_reports_every_file(
-    slow_pair: Pair, big_source: Path
+    held: Held, big_source: Path
 ) -> None:
     """The session's failure is each unconfirmed file's failure (C15)."""
-    small = write(slow_pair.tmp / "src" / "small.txt", b"small\n")
-    sender = start_put(slow_pair, "--json", big_source, small)
-    wait_for_part(slow_pair.area)
+    pair = held.pair
+    small = write(pair.tmp / "src" / "small.txt", b"small\n")
+    sender = held.start_put("--json", big_source, small)
+    held.wait_mid_transfer()
 
-    assert slow_pair.receiver.stop(signal.SIGTERM) == 0
+    assert pair.receiver.stop(signal.SIGTERM) == 0
     stdout, stderr = sender.communicate(timeout=60)
 
     assert sender.returncode == 3, stderr
@@ -527,24 +557,25 @@ def test_put_json_receiver_stopped_reports_every_file(
         stderr.splitlines()[0].removeprefix("filexfer: error: ")
     }
     assert all(r["status"] == "failed" for r in records)
-    assert not (slow_pair.area / "small.txt").exists()
+    assert not (pair.area / "small.txt").exists()
 
 
 def test_put_receiver_stopped_mid_transfer_leaves_nothing(
-    slow_pair: Pair,
+    held: Held,
     big_source: Path,
     start_receiver: Callable[..., Receiver],
 ) -> None:
     """SIGTERM of recv: it exits 0, keeps only a resumable part; a rerun
     against the restarted receiver resumes from it (C05)."""
-    root = slow_pair.area
-    sender = start_put(slow_pair, big_source)
-    wait_for_part(root, 2 * MiB)  # enough for a resume
+    pair = held.pair
+    root = pair.area
+    sender = held.start_put(big_source)
+    held.wait_mid_transfer(2 * MiB)  # enough for a resume
 
-    assert slow_pair.receiver.stop(signal.SIGTERM) == 0
+    assert pair.receiver.stop(signal.SIGTERM) == 0
     stdout, stderr = sender.communicate(timeout=60)
 
-    assert "event=recv.stopped" in slow_pair.receiver.log()
+    assert "event=recv.stopped" in pair.receiver.log()
     assert sender.returncode == 3
     assert stdout == ""
     assert "Traceback" not in stderr
@@ -552,10 +583,8 @@ def test_put_receiver_stopped_mid_transfer_leaves_nothing(
     assert not (root / "big.bin").exists()
     assert stray_parts(root) == []
 
-    restarted = start_receiver(root=slow_pair.receiver.root)
-    again = Pair(
-        slow_pair.sender_home, restarted, slow_pair.tmp, slow_pair.receiver_fingerprint
-    )
+    restarted = start_receiver(root=pair.receiver.root)
+    again = Pair(pair.sender_home, restarted, pair.tmp, pair.receiver_fingerprint)
     assert_success(again.put(big_source), 1)
     assert sha256(root / "big.bin") == sha256(big_source)
     assert "event=transfer.resume" in restarted.log()
@@ -563,30 +592,29 @@ def test_put_receiver_stopped_mid_transfer_leaves_nothing(
 
 
 def test_put_receiver_killed_mid_transfer_restart_keeps_the_part(
-    slow_pair: Pair,
+    held: Held,
     big_source: Path,
     start_receiver: Callable[..., Receiver],
 ) -> None:
     """SIGKILL of recv: the part stays, the next start keeps it for a
     resume, and the rerun completes from it (C05)."""
-    root = slow_pair.area
-    sender = start_put(slow_pair, big_source)
-    wait_for_part(root)
+    pair = held.pair
+    root = pair.area
+    sender = held.start_put(big_source)
+    held.wait_mid_transfer()
 
-    slow_pair.receiver.stop(signal.SIGKILL)
+    pair.receiver.stop(signal.SIGKILL)
     sender.communicate(timeout=60)
 
     assert sender.returncode not in (0, None)
     assert not (root / "big.bin").exists()
     assert len(leftovers(root)) == 1
 
-    restarted = start_receiver(root=slow_pair.receiver.root)
+    restarted = start_receiver(root=pair.receiver.root)
 
     assert "stale_parts_removed=0" in restarted.log()
     assert not (root / "big.bin").exists()
-    again = Pair(
-        slow_pair.sender_home, restarted, slow_pair.tmp, slow_pair.receiver_fingerprint
-    )
+    again = Pair(pair.sender_home, restarted, pair.tmp, pair.receiver_fingerprint)
     assert_success(again.put(big_source), 1)
     assert sha256(root / "big.bin") == sha256(big_source)
     assert leftovers(root) == []
