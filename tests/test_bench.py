@@ -97,3 +97,38 @@ def test_bench_quick_prints_and_saves_the_table(quick: tuple[str, Path]) -> None
             assert any(
                 "filexfer" in line and title in line for line in text.splitlines()
             ), title
+
+
+def test_a_subset_run_keeps_the_full_results(tmp_path: Path) -> None:
+    """--tools/--workloads write *-partial.*, never the quoted full.*."""
+    out = tmp_path / "results"
+    command = [sys.executable, ROOT / "bench" / "run.py", "--quick", "--runs", "1"]
+    command += ["--tools", "filexfer", "--workloads", "small"]
+    done = subprocess.run(
+        [*command, "--out", out, "--tmp", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "quick-partial.json",
+        "quick-partial.md",
+    ]
+
+
+def test_an_unknown_tool_is_refused_before_any_work(tmp_path: Path) -> None:
+    command = [sys.executable, ROOT / "bench" / "run.py", "--quick"]
+    done = subprocess.run(
+        [*command, "--tools", "bogus", "--tmp", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert "unknown tool(s): bogus" in done.stderr
+    assert list(tmp_path.iterdir()) == []
