@@ -1,5 +1,5 @@
 """Allow ``python -m filexfer``."""
 
-from .cli import main
+from . import main
 
 main()

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -342,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     standard streams are flushed here.
     """
     code = _run(argv)
+    # The outcome is decided: a Ctrl-C from here on can neither change the
+    # status nor interrupt the last writes with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         sys.stdout.flush()
     except OSError:

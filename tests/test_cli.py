@@ -10,6 +10,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -836,3 +837,35 @@ def test_recv_logs_one_line_per_event_without_secrets(pair: Pair, source: Path) 
     assert len(complete) == 1
     for field in ("session=", "key=", "path=report.bin", "bytes=65536", "seconds="):
         assert field in complete[0]
+
+
+# A Ctrl-C that lands while the command line is still being loaded: the
+# import of filexfer.cli is made to raise KeyboardInterrupt, as SIGINT
+# would at that moment.
+_INTERRUPTED_WHILE_LOADING = """\
+import sys
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "filexfer.cli":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+from filexfer import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_and_130() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_WHILE_LOADING, "put", "x", "h"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 130
+    assert done.stderr == "filexfer: error: interrupted\n"
+    assert done.stdout == ""
