@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from . import messages as msgs
 from .errors import (
+    Code,
     ConnectError,
     FilexferError,
     IntegrityError,
@@ -228,7 +229,14 @@ def get_files(
     try:
         for index, request in enumerate(requests):
             last = index == len(requests) - 1
-            channel.send(msgs.Get(request.remote, recursive, last))
+            get = msgs.Get(request.remote, recursive, last)
+            too_long = channel.too_long(get)
+            if too_long:
+                name = printable(request.remote)
+                raise RefusedError(
+                    f"cannot ask for '{name}': {too_long}", Code.BAD_PATH
+                )
+            channel.send(get)
         ReceiveSession(channel, dest, "get", guard).run()
     except FilexferError as exc:
         error = exc
@@ -253,7 +261,13 @@ def list_remote(
     """
     count = 0
     try:
-        channel.send(msgs.List(name, recursive))
+        listing = msgs.List(name, recursive)
+        too_long = channel.too_long(listing)
+        if too_long:
+            raise RefusedError(
+                f"cannot list '{printable(name)}': {too_long}", Code.BAD_PATH
+            )
+        channel.send(listing)
         while not isinstance(message := channel.recv(), msgs.Close):
             if not isinstance(message, msgs.Entry):
                 raise ProtocolError(f"unexpected {type(message).__name__} in a listing")

@@ -445,10 +445,19 @@ class _Job:
                     f"'{printable(source.name)}' cannot be sent: {why}", Code.IO_ERROR
                 ) from exc
             return _local_failure(source.name, source.path, why)
-        if not msgs.mtime_fits(info.st_mtime_ns):
+        too_long = self.channel.too_long(msgs.Offer(0, 0, 0, 0, False, source.name))
+        if too_long and self.strict:
             if handle is not None:
                 handle.close()
+            raise RefusedError(
+                f"'{printable(source.name)}' cannot be sent: {too_long}", Code.BAD_PATH
+            )
+        why = f"cannot be sent ({too_long})" if too_long else ""
+        if not msgs.mtime_fits(info.st_mtime_ns):
             why = "cannot be sent (its mtime is outside the years 1678 to 2262)"
+        if why:
+            if handle is not None:
+                handle.close()
             failure = _local_failure(source.name, source.path, why)
             failure.directory = source.directory
             failure.size = 0 if source.directory else info.st_size
@@ -503,7 +512,10 @@ class _Job:
             opened.digest = self._stream(opened, hasher, decision.offset)
         except LocalFileError as exc:
             opened.result.error = exc
-            self.channel.send(msgs.Abort(opened.file_id, exc.code, str(exc)))
+            # The reason names the local path, which may be long: the
+            # receiver may take no more than 1,024 bytes in one message.
+            reason = str(exc).encode()[:ABORT_REASON].decode(errors="ignore")
+            self.channel.send(msgs.Abort(opened.file_id, exc.code, reason))
             return
         if opened.digest:
             self.channel.send(
@@ -637,6 +649,7 @@ class _Job:
 
 
 READ_AHEAD_MIN = 8 << 20
+ABORT_REASON = 512  # bytes of the reason an Abort carries, at most
 READ_AHEAD_BUFFERS = 4
 
 _Ready = tuple[bytearray, int] | LocalFileError | None

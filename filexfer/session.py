@@ -200,6 +200,7 @@ class Channel:
         self.sock = sock
         self.peer_key = peer_key
         self.idle = idle
+        self.max_out = max_out
         self.chunk_size = min(CHUNK_SIZE, max_out - 1)
         self._sealer = Sealer(send_key)
         self._opener = Opener(recv_key)
@@ -225,6 +226,20 @@ class Channel:
     def send(self, message: msgs.Message) -> None:
         """Send one control message (held back while corked)."""
         self._send_plain(msgs.encode(message))
+
+    def too_long(self, message: msgs.Message) -> str | None:
+        """Why the peer would refuse message for its size, if it would.
+
+        A peer may take records smaller than the longest message (down to
+        1,024 bytes): an offer of a long name would then fail its record
+        check there, and look like tampering.
+        """
+        if len(msgs.encode(message)) <= self.max_out:
+            return None
+        return (
+            f"too long a name for the {self.peer_role}, which takes messages "
+            f"of at most {self.max_out:,} bytes"
+        )
 
     def cork(self) -> None:
         """Hold sealed control messages back until :meth:`flush`.

@@ -673,3 +673,42 @@ def test_an_address_with_stray_colons_is_a_usage_error(pair: Pair) -> None:
 
     assert done.returncode == 2
     assert done.stderr.startswith("filexfer: error: bad host in '127.0.0.1:17001:5'")
+
+
+# -- names longer than a small receiver's records ------------------------------
+
+LONG_PARTS = ["d" * 200] * 6  # 1,205 bytes: more than 1,024-byte records hold
+
+
+def test_names_too_long_for_the_receivers_records_are_refused_by_name(
+    make_pair: Callable[..., Pair], tmp_path: Path
+) -> None:
+    """A receiver may take records as small as 1,024 bytes; a name that
+    does not fit is refused by name, on each side, not sent as a record
+    the other side would take for tampering."""
+    pair = make_pair("--max-record", "1024")
+    top = tmp_path / "src" / "top"
+    long_file = top.joinpath(*LONG_PARTS, "f.bin")
+    long_file.parent.mkdir(parents=True)
+    long_file.write_bytes(b"far down\n")
+    (top / "near.txt").write_bytes(b"near\n")
+
+    sent = pair.put("-r", top)
+
+    assert sent.returncode == 7, sent.stderr
+    assert (pair.area / "top" / "near.txt").read_bytes() == b"near\n"
+    assert "too long a name for the receiver, which takes messages of at most" in (
+        sent.stderr
+    )
+    assert "integrity" not in sent.stderr + pair.receiver.log()
+
+    long_name = "/".join(["top", *LONG_PARTS])
+    fetched = get(pair, "-r", "-o", tmp_path / "dl", long_name)
+    assert fetched.returncode == 6, fetched.stderr
+    assert "cannot ask for" in fetched.stderr
+    assert "too long a name for the receiver" in fetched.stderr
+
+    listed = ls(pair, long_name)
+    assert listed.returncode == 6, listed.stderr
+    assert "cannot list" in listed.stderr
+    assert "integrity" not in pair.receiver.log()
