@@ -16,7 +16,11 @@ def main() -> None:
     try:
         from .cli import main as run
     except KeyboardInterrupt:
-        sys.stderr.write("filexfer: error: interrupted\n")
-        sys.stderr.flush()
+        if sys.stderr is not None:  # None when started with stderr closed
+            try:
+                sys.stderr.write("filexfer: error: interrupted\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
         os._exit(130)
     run()

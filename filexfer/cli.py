@@ -9,7 +9,6 @@ errors propagate to :func:`main`, which prints ``filexfer: error: ...``
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -17,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -346,13 +345,24 @@ def main(argv: list[str] | None = None) -> None:
     # The outcome is decided: a Ctrl-C from here on can neither change the
     # status nor interrupt the last writes with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        sys.stdout.flush()
-    except OSError:
+    if not _flushed(sys.stdout):
         code = code or 1  # stdout is gone (a closed pipe): nothing to tell
-    with contextlib.suppress(OSError):
-        sys.stderr.flush()
+    _flushed(sys.stderr)
     os._exit(code)
+
+
+def _flushed(stream: TextIO | None) -> bool:
+    """Flush a standard stream; False if it could not take what it held.
+
+    A stream closed before start (``>&-``) is None: nothing to flush.
+    """
+    if stream is None:
+        return True
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _run(argv: list[str] | None) -> int:

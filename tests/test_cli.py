@@ -7,6 +7,7 @@ run as `python -m filexfer`. Exit code, stdout and stderr are checked apart.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import socket
 import subprocess
@@ -869,3 +870,30 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_130() -> None:
     assert done.returncode == 130
     assert done.stderr == "filexfer: error: interrupted\n"
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "closed", "status"),
+    [
+        (["--version"], ">&-", 0),
+        (["--version"], "2>&-", 0),
+        (["put"], ">&-", 2),
+        (["put"], "2>&-", 2),
+    ],
+)
+def test_a_closed_standard_stream_does_not_change_the_status(
+    args: list[str], closed: str, status: int
+) -> None:
+    """Started with stdout or stderr closed, Python has no stream object
+    for it; the end of the command must not trip over that."""
+    command = shlex.join([sys.executable, "-m", "filexfer", *args])
+    done = subprocess.run(
+        ["sh", "-c", f"exec {command} {closed}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == status, done.stderr
+    assert "Traceback" not in done.stderr
