@@ -18,16 +18,15 @@ The byte layouts are listed in ``docs/protocol.md``; this module is their
 one implementation.
 
 Messages are named tuples, which are cheaper than dataclasses both to
-define (every command's start-up) and to build (one per record).  Like
-any tuples, two messages of different types with equal fields compare
-equal: code tells messages apart by type, never with ``==``.
+define (every command's start-up) and to build (one per record).  Unlike
+plain tuples, two messages are equal only if they are of the same type.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 PROTOCOL_VERSION = 1
 DIGEST_LEN = 32
@@ -38,6 +37,28 @@ MAX_GETS = 1024  # most Get requests in one download
 def mtime_fits(mtime_ns: int) -> bool:
     """Whether an mtime (ns since 1970) fits the i64 the messages carry."""
     return -(2**63) <= mtime_ns < 2**63
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def _equal_by_type(cls: _Class) -> _Class:
+    """A message is equal only to a message of the same type: a Reject is
+    never equal to an Abort with the same fields, nor Close() to ``()``."""
+    cls.__eq__ = _same  # type: ignore[assignment,method-assign]
+    cls.__ne__ = _different  # type: ignore[assignment,method-assign]
+    return cls
+
+
+def _same(one: tuple[object, ...], other: object) -> bool:
+    if type(one) is not type(other):
+        return False
+    assert isinstance(other, tuple)
+    return tuple(one) == tuple(other)
+
+
+def _different(one: tuple[object, ...], other: object) -> bool:
+    return not _same(one, other)
 
 
 class MessageError(Exception):
@@ -60,6 +81,7 @@ class Kind(enum.IntEnum):
     GET = 0x32
 
 
+@_equal_by_type
 class Hello(NamedTuple):
     """Handshake payload: protocol version and the largest record accepted."""
 
@@ -67,6 +89,7 @@ class Hello(NamedTuple):
     max_plaintext: int
 
 
+@_equal_by_type
 class Offer(NamedTuple):
     """Sender proposes a file (or a directory): id in job order, name, metadata.
 
@@ -84,6 +107,7 @@ class Offer(NamedTuple):
     directory: bool = False
 
 
+@_equal_by_type
 class Accept(NamedTuple):
     """Receiver takes the file; with a digest, it already holds a prefix.
 
@@ -97,6 +121,7 @@ class Accept(NamedTuple):
     digest: bytes | None = None
 
 
+@_equal_by_type
 class Reject(NamedTuple):
     """Receiver refuses (or, after Accept, fails) one file; job goes on."""
 
@@ -105,12 +130,14 @@ class Reject(NamedTuple):
     reason: str
 
 
+@_equal_by_type
 class Data(NamedTuple):
     """The next chunk of the file currently being sent."""
 
     payload: memoryview | bytes
 
 
+@_equal_by_type
 class End(NamedTuple):
     """Sender has sent every byte of file_id; digest covers the whole file."""
 
@@ -119,6 +146,7 @@ class End(NamedTuple):
     digest: bytes
 
 
+@_equal_by_type
 class Abort(NamedTuple):
     """Sender gives up on the current file; the receiver discards it."""
 
@@ -127,6 +155,7 @@ class Abort(NamedTuple):
     reason: str
 
 
+@_equal_by_type
 class Done(NamedTuple):
     """Receiver committed file_id durably; digest is its own computation."""
 
@@ -134,10 +163,12 @@ class Done(NamedTuple):
     digest: bytes
 
 
+@_equal_by_type
 class Close(NamedTuple):
     """No more files from this side; answered by Close after the last Done."""
 
 
+@_equal_by_type
 class Error(NamedTuple):
     """Fatal: the session ends after this message."""
 
@@ -145,6 +176,7 @@ class Error(NamedTuple):
     reason: str
 
 
+@_equal_by_type
 class List(NamedTuple):
     """Initiator asks what is stored under name ("" for everything)."""
 
@@ -152,6 +184,7 @@ class List(NamedTuple):
     recursive: bool
 
 
+@_equal_by_type
 class Entry(NamedTuple):
     """One stored file or directory, answering List; digest when known."""
 
@@ -163,6 +196,7 @@ class Entry(NamedTuple):
     name: str
 
 
+@_equal_by_type
 class Get(NamedTuple):
     """Initiator asks for a stored file or tree; ``last`` ends the requests."""
 
@@ -186,6 +220,7 @@ Message = (
     | Entry
     | Get
 )
+
 
 OFFER_OVERWRITE = 0x01
 OFFER_FRESH = 0x02
