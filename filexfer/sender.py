@@ -505,6 +505,10 @@ class _Job:
             opened.result.unchanged = decision.digest is not None
             return
         self.on_start(opened.source.name, opened.info.st_size)
+        if decision.digest is not None:
+            # Hashing what the receiver holds may take a while: what is
+            # held (earlier files' ends) must not wait for it.
+            self.channel.flush()
         try:
             hasher = self._check_held(opened, decision)
             if hasher is None:
@@ -512,10 +516,7 @@ class _Job:
             opened.digest = self._stream(opened, hasher, decision.offset)
         except LocalFileError as exc:
             opened.result.error = exc
-            # The reason names the local path, which may be long: the
-            # receiver may take no more than 1,024 bytes in one message.
-            reason = str(exc).encode()[:ABORT_REASON].decode(errors="ignore")
-            self.channel.send(msgs.Abort(opened.file_id, exc.code, reason))
+            self.channel.send(msgs.Abort(opened.file_id, exc.code, str(exc)))
             return
         if opened.digest:
             self.channel.send(
@@ -649,7 +650,6 @@ class _Job:
 
 
 READ_AHEAD_MIN = 8 << 20
-ABORT_REASON = 512  # bytes of the reason an Abort carries, at most
 READ_AHEAD_BUFFERS = 4
 
 _Ready = tuple[bytearray, int] | LocalFileError | None

@@ -70,6 +70,8 @@ CHUNK_SIZE = 1 << 20
 INBOX_SIZE = 256 << 10
 # Corked messages are sent before more than this would be held.
 MAX_HELD = 64 << 10
+# What a Reject, Abort or Error holds besides its reason, with room to spare.
+REASON_OVERHEAD = 64
 # Record buffers start this small and grow to the largest record size the
 # first time a record needs it: a session of small files never touches
 # (and a one-file put never pays to clear) megabytes of buffers.
@@ -224,8 +226,22 @@ class Channel:
         return short_fingerprint(self.peer_key)
 
     def send(self, message: msgs.Message) -> None:
-        """Send one control message (held back while corked)."""
+        """Send one control message (held back while corked).
+
+        The reason a refusal or an error carries is cut, where it must be,
+        to what one message and the peer's records can hold: it often
+        names a file, and a name may be long.
+        """
+        if isinstance(message, msgs.Reject | msgs.Abort | msgs.Error):
+            message = message._replace(reason=self._fitting(message.reason))
         self._send_plain(msgs.encode(message))
+
+    def _fitting(self, reason: str) -> str:
+        room = min(msgs.MAX_TEXT, self.max_out - REASON_OVERHEAD)
+        raw = reason.encode("utf-8")
+        if len(raw) <= room:
+            return reason
+        return raw[:room].decode("utf-8", errors="ignore")
 
     def too_long(self, message: msgs.Message) -> str | None:
         """Why the peer would refuse message for its size, if it would.

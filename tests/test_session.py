@@ -700,3 +700,23 @@ def test_a_data_buffer_asked_for_little_starts_small(
     assert len(left.data_buffer(4096)) == FIRST_BUFFER
     assert len(left.data_buffer(FIRST_BUFFER + 1)) == left.chunk_size
     assert len(left.data_buffer(10)) == left.chunk_size  # never shrinks
+
+
+def test_a_long_reason_is_cut_to_what_the_peer_takes() -> None:
+    """Reasons name files, and names may be long: a refusal must still
+    fit one message and the peer's records, cut on a character boundary."""
+    left, right = channel_pair(max_plaintext=1024)
+    try:
+        reason = "é" * 3000  # 6,000 bytes of UTF-8
+        left.send(msgs.Reject(7, Code.BAD_PATH, reason))
+        got = right.recv()
+        left.send(msgs.Abort(8, Code.IO_ERROR, "short"))
+        short = right.recv()
+    finally:
+        left.close()
+        right.close()
+
+    assert isinstance(got, msgs.Reject) and got.file_id == 7
+    assert reason.startswith(got.reason)
+    assert 900 <= len(got.reason.encode()) <= 1024 - 64
+    assert short == msgs.Abort(8, Code.IO_ERROR, "short")
