@@ -231,12 +231,22 @@ def rss_line(found: dict[str, Any]) -> str:
     )
 
 
+def space_needed(args: argparse.Namespace, sizes: workloads.Sizes) -> int:
+    """The data, one copy of the big file at a time, and every copy of the
+    tree (kept until the workload ends), plus room to spare."""
+    needed = 512 << 20
+    if "big" in args.loads:
+        needed += 2 * sizes.big_file
+    if "tree" in args.loads:
+        runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)["tree"]
+        copies = 1 + len(chosen_tools(args.tools)) * runs
+        needed += copies * sizes.tree_files * max(sizes.tree_file_size, 4096)
+    return needed
+
+
 def benchmark(args: argparse.Namespace, scratch: Path) -> int:
     sizes = workloads.QUICK if args.quick else workloads.FULL
-    # The data and one copy of the big file, plus every copy of the tree
-    # (kept until the workload ends): at most 5 tools x 7 runs x 4 KiB.
-    trees = 35 * sizes.tree_files * max(sizes.tree_file_size, 4096)
-    problem = lacks_space(scratch, 2 * sizes.big_file + trees + (512 << 20))
+    problem = lacks_space(scratch, space_needed(args, sizes))
     if problem:
         sys.exit(f"bench: error: {problem} (use --tmp DIR or --quick)")
     say(f"bench: writing data under {scratch}")
@@ -293,9 +303,11 @@ def publish(
 
     text = report.markdown(meta, rows, extra)
     payload = report.document(meta, loads, rows, memory)
-    # Only a run of every tool on every workload replaces full.* (the
-    # results the README quotes); a subset goes to FULL-partial.*.
-    stem = meta["mode"] + ("-partial" if args.tools or args.workloads else "")
+    # Only a run of every tool on every workload, with the usual number
+    # of runs, replaces full.* (the results the README quotes); anything
+    # else goes to FULL-partial.*.
+    partial = args.tools or args.workloads or args.runs
+    stem = meta["mode"] + ("-partial" if partial else "")
     for path in report.save(args.out, stem, payload, text):
         say(f"bench: wrote {path}")
 
