@@ -50,7 +50,7 @@ from .options import (
     split_address,
     with_config,
 )
-from .report import Debug, print_error
+from .report import Debug, emit, lost_output, print_error
 from .session import Timeouts
 from .storage import NameLimits
 
@@ -98,7 +98,7 @@ def id_command() -> None:
     $XDG_CONFIG_HOME/filexfer, else ~/.config/filexfer).
     """
     identity = load_identity()
-    click.echo(identity.public_line)
+    emit(identity.public_line)
     click.echo(fingerprint(identity.public), err=True)
 
 
@@ -342,6 +342,10 @@ def main(argv: list[str] | None = None) -> None:
     standard streams are flushed here.
     """
     code = _run(argv)
+    lost = lost_output()
+    if lost is not None:
+        print_error(lost)
+        code = code or lost.exit_code
     # The outcome is decided: a Ctrl-C from here on can neither change the
     # status nor interrupt the last writes with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -39,7 +39,7 @@ from .options import (
     with_retries,
 )
 from .printable import printable
-from .report import Progress, job_error, report
+from .report import Progress, emit, job_error, report
 from .sender import FileResult, Source, collect_sources, send_files, unsent
 from .session import Channel
 from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
@@ -292,7 +292,7 @@ def ls_command(
 
     def show(entry: msgs.Entry) -> None:
         nonlocal shown
-        click.echo(_entry_json(entry) if as_json else _entry_line(entry))
+        emit(_entry_json(entry) if as_json else _entry_line(entry))
         shown += 1
 
     for number in range(retry + 1):

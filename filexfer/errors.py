@@ -16,8 +16,9 @@ each kind maps to exactly one process exit code::
     ├── PartialError              7  some files of a job failed, the rest
     │                                arrived
     ├── LocalFileError            8  a local file could not be read or
-    │                                written, a name cannot be sent, or a
-    │                                file changed while being sent
+    │                                written, a name cannot be sent, a
+    │                                file changed while being sent, or
+    │                                stdout could not take the output
     └── InterruptError          130  the user stopped the job (Ctrl-C)
 
 Errors that travel to the peer carry a :class:`Code`, the one-byte reason

@@ -17,7 +17,14 @@ from typing import Any
 
 import click
 
-from .errors import FilexferError, IntegrityError, InterruptError, PartialError
+from .errors import (
+    FilexferError,
+    IntegrityError,
+    InterruptError,
+    LocalFileError,
+    PartialError,
+    os_reason,
+)
 from .printable import printable
 from .sender import FileResult
 
@@ -83,6 +90,37 @@ class Progress:
                 bar.close()
 
 
+class _Output:
+    """Why stdout stopped taking the command's output, once it has."""
+
+    lost: OSError | None = None
+
+
+def emit(line: str) -> None:
+    """Print one line of the command's output (JSON, a listing, a key).
+
+    When stdout cannot take it (a pipe whose reader has gone, a full
+    disk), the rest of the output is dropped and the job goes on: its
+    messages still reach stderr, and :func:`lost_output` tells the end.
+    """
+    if _Output.lost is not None:
+        return
+    try:
+        click.echo(line)
+    except OSError as exc:
+        _Output.lost = exc
+
+
+def lost_output() -> LocalFileError | None:
+    """The error to end with if some output could not be written."""
+    if _Output.lost is None:
+        return None
+    return LocalFileError(
+        f"cannot write to standard output ({os_reason(_Output.lost)}); "
+        "output is missing"
+    )
+
+
 def json_line(result: FileResult) -> str:
     record: dict[str, object] = {
         "name": result.name,
@@ -121,7 +159,7 @@ def report(
     """
     for result in results:
         if as_json:
-            click.echo(json_line(result))
+            emit(json_line(result))
         error = result.error
         if error is not None and error is not session_error and len(results) > 1:
             click.echo(f"filexfer: error: {error}", err=True)

@@ -21,7 +21,9 @@ from tests.helpers import (
     SAMPLE_DATA,
     Pair,
     Receiver,
+    base_env,
     cli,
+    filexfer_command,
     leftovers,
     random_file,
     sha256,
@@ -712,3 +714,30 @@ def test_names_too_long_for_the_receivers_records_are_refused_by_name(
     assert listed.returncode == 6, listed.stderr
     assert "cannot list" in listed.stderr
     assert "integrity" not in pair.receiver.log()
+
+
+def test_ls_into_a_closed_pipe_is_exit_8_with_one_line(pair: Pair) -> None:
+    for number in range(50):
+        (pair.area / f"f{number:02d}.txt").write_text("x\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        command = ["ls", "--fingerprint", pair.receiver_fingerprint]
+        done = subprocess.run(
+            filexfer_command(*command, pair.receiver.address),
+            env=base_env(pair.sender_home),
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert done.returncode == 8
+    assert done.stderr == (
+        "filexfer: error: cannot write to standard output (broken pipe); "
+        "output is missing\n"
+    )

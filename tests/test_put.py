@@ -800,3 +800,60 @@ def test_put_of_many_files_needs_few_descriptors(pair: Pair, tmp_path: Path) -> 
 
     assert done.returncode == 0, done.stderr
     assert len(list((pair.area / "many").iterdir())) == 300
+
+
+# -- output that cannot be written ------------------------------------------------
+
+
+def put_to(pair: Pair, stdout: int, *args: str | os.PathLike[str]) -> tuple[int, str]:
+    """`put` with its stdout on a given descriptor; (status, stderr)."""
+    done = subprocess.run(
+        filexfer_command(*pair.put_args(*args)),
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stderr
+
+
+def test_put_json_into_a_closed_pipe_keeps_its_status_and_messages(
+    pair: Pair,
+) -> None:
+    """The job still runs to its end: its refusals reach stderr, its
+    status is its own, and the lost output is said last."""
+    top = pair.tmp / "src" / "mix"
+    for number in range(4):
+        write(top / f"f{number}.txt", f"first {number}\n".encode())
+    assert_success(pair.put("-r", top), 4)
+    write(top / "f1.txt", b"changed\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before anything was written
+    try:
+        status, stderr = put_to(pair, write_end, "--json", "-r", top)
+    finally:
+        os.close(write_end)
+
+    assert status == 7
+    lines = stderr.splitlines()
+    assert "filexfer: error: receiver refused 'mix/f1.txt': already exists" in lines
+    assert lines[-1] == (
+        "filexfer: error: cannot write to standard output (broken pipe); "
+        "output is missing"
+    )
+
+
+def test_put_json_onto_a_full_disk_is_exit_8_after_a_success(pair: Pair) -> None:
+    source = write(pair.tmp / "src" / "one.txt", b"one\n")
+    with open("/dev/full", "wb") as full:
+        status, stderr = put_to(pair, full.fileno(), "--json", source)
+
+    assert status == 8
+    assert (pair.area / "one.txt").read_bytes() == b"one\n"
+    assert stderr == (
+        "filexfer: error: cannot write to standard output "
+        "(no space left on device); output is missing\n"
+    )
