@@ -62,7 +62,7 @@ Exit codes:
   5  integrity: data or digest failed to verify, or protocol violation
   6  refused by the receiver: exists, bad path, no space, write error
   7  some files failed, the others arrived
-  8  a local file could not be read or sent, or changed while being sent
+  8  a local file could not be read or sent, or changed; or stdout was not writable
   130  interrupted (Ctrl-C); files not confirmed were not copied"""
 
 
