@@ -50,7 +50,7 @@ from .options import (
     split_address,
     with_config,
 )
-from .report import Debug, emit, lost_output, print_error
+from .report import Debug, emit, lost_output, print_error, tolerate_stderr
 from .session import Timeouts
 from .storage import NameLimits
 
@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     (and, where it matters, fsynced) before its command returns, and the
     standard streams are flushed here.
     """
+    tolerate_stderr()
     code = _run(argv)
     lost = lost_output()
     if lost is not None:

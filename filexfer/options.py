@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import click
 from click.core import ParameterSource
@@ -280,7 +280,7 @@ def connect_trusting(
     """Connect; an unknown key is asked about between two connections."""
     address = display(host, port)
     accept_new, given = trust
-    ask = sys.stdin.isatty() and sys.stderr.isatty()
+    ask = _terminal(sys.stdin) and _terminal(sys.stderr)
     verify = _verifier(address, accept_new, given, ask)
     try:
         return connect(host, port, identity, verify, timeouts)
@@ -407,7 +407,14 @@ class Remote(NamedTuple):
 
 
 def show_bar(quiet: bool, progress: bool | None) -> bool:
-    return (sys.stderr.isatty() and not quiet) if progress is None else progress
+    if sys.stderr is None:
+        return False  # started with stderr closed: nowhere to draw
+    return (_terminal(sys.stderr) and not quiet) if progress is None else progress
+
+
+def _terminal(stream: TextIO | None) -> bool:
+    """Whether stream is a terminal; a stream closed at start is None."""
+    return stream is not None and stream.isatty()
 
 
 Attempt = Callable[[], tuple[list[FileResult], FilexferError | None]]

@@ -12,8 +12,10 @@ job ends with: 7 when some files failed and others arrived.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import click
 
@@ -53,7 +55,7 @@ class Progress:
     def __init__(self, enabled: bool, total: int, files: int) -> None:
         self.overall: Any = None
         self.current: Any = None
-        if not enabled:
+        if not enabled or sys.stderr is None:
             return
         from tqdm import tqdm
 
@@ -96,6 +98,39 @@ class _Output:
     lost: OSError | None = None
 
 
+class _Tolerant:
+    """stderr that never fails a command: what it cannot take is dropped.
+
+    Messages, progress bars and log lines go there; if it is a closed pipe
+    or a full disk, the job still runs to its end and exits with its own
+    status, as there is nowhere left to say anything.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def tolerate_stderr() -> None:
+    """Make writes to stderr that fail harmless for the rest of the run."""
+    if sys.stderr is not None and not isinstance(sys.stderr, _Tolerant):
+        sys.stderr = cast(TextIO, _Tolerant(sys.stderr))
+
+
 def emit(line: str) -> None:
     """Print one line of the command's output (JSON, a listing, a key).
 
@@ -104,6 +139,9 @@ def emit(line: str) -> None:
     messages still reach stderr, and :func:`lost_output` tells the end.
     """
     if _Output.lost is not None:
+        return
+    if sys.stdout is None:  # closed before start (>&-)
+        _Output.lost = OSError(errno.EBADF, os.strerror(errno.EBADF))
         return
     try:
         click.echo(line)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -857,3 +858,43 @@ def test_put_json_onto_a_full_disk_is_exit_8_after_a_success(pair: Pair) -> None
         "filexfer: error: cannot write to standard output "
         "(no space left on device); output is missing\n"
     )
+
+
+@pytest.mark.parametrize("stderr", ["2>/dev/full", "2>&-"])
+@pytest.mark.parametrize("flags", [[], ["--progress"]])
+def test_put_with_stderr_unwritable_still_sends_and_exits_0(
+    pair: Pair, stderr: str, flags: list[str]
+) -> None:
+    """Messages and bars that cannot be written never stop the job."""
+    source = random_file(pair.tmp / "src" / "quiet.bin", 3 * MiB, seed=3)
+    command = shlex.join(map(str, filexfer_command(*pair.put_args(*flags, source))))
+    done = subprocess.run(
+        ["sh", "-c", f"exec {command} {stderr}"],
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0
+    assert sha256(pair.area / "quiet.bin") == sha256(source)
+
+
+def test_put_json_with_stdout_closed_is_exit_8(pair: Pair) -> None:
+    source = write(pair.tmp / "src" / "one.txt", b"one\n")
+    command = shlex.join(map(str, filexfer_command(*pair.put_args("--json", source))))
+    done = subprocess.run(
+        ["sh", "-c", f"exec {command} >&-"],
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 8
+    assert (pair.area / "one.txt").read_bytes() == b"one\n"
+    assert "cannot write to standard output (bad file descriptor)" in done.stderr
