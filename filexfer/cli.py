@@ -88,6 +88,7 @@ def cli(debug: bool, config_file: str | None) -> None:
     """Encrypted, mutually authenticated file transfer over TCP."""
     Debug.enabled = debug
     State.config_file = config_file
+    State.command = click.get_current_context().invoked_subcommand
 
 
 @cli.command("id", epilog=EXIT_CODES)
@@ -375,7 +376,8 @@ def _run(argv: list[str] | None) -> int:
         cli.main(args=argv, prog_name="filexfer", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         # click turns Ctrl-C (SIGINT) into Abort before it reaches us.
-        interrupted = InterruptError()
+        copying = State.command in ("put", "get")
+        interrupted = InterruptError() if copying else InterruptError("interrupted")
         print_error(interrupted)
         return interrupted.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:

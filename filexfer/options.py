@@ -68,6 +68,7 @@ Exit codes:
 
 class State:
     config_file: str | None = None
+    command: str | None = None  # the subcommand being run, once known
 
 
 class _CliFormatter(logging.Formatter):

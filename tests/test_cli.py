@@ -7,6 +7,7 @@ run as `python -m filexfer`. Exit code, stdout and stderr are checked apart.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import signal
 import socket
@@ -897,3 +898,37 @@ def test_a_closed_standard_stream_does_not_change_the_status(
 
     assert done.returncode == status, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["put", "x.txt"], "interrupted; copy not completed"),
+        (["get", "x.txt"], "interrupted; copy not completed"),
+        (["ls"], "interrupted"),
+    ],
+)
+def test_ctrl_c_says_copy_not_completed_only_for_copies(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    message: str,
+) -> None:
+    """A Ctrl-C that lands before the command's own handling (here, while
+    its options are turned into a connection) is reported by the CLI."""
+    from filexfer import cli as cli_module
+    from filexfer.options import Remote
+
+    def interrupt(*_args: object) -> Remote:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Remote, "from_options", interrupt)
+    logger = logging.getLogger("filexfer")  # put sets its handlers: restored
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "level", logger.level)
+    verb, *rest = command
+    address = ["127.0.0.1:9"]
+    args = [verb, *rest, *address] if verb == "put" else [verb, *address, *rest]
+
+    assert cli_module._run(args) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == f"filexfer: error: {message}"
