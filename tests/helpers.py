@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -53,13 +54,23 @@ def cli(
     timeout: float = 120,
     stdin: int | None = subprocess.DEVNULL,
     cwd: Path | None = None,
+    stdout: int = subprocess.PIPE,
+    redirect: str = "",
 ) -> subprocess.CompletedProcess[str]:
-    """Run `filexfer ARGS` as a real process and capture its output."""
+    """Run `filexfer ARGS` as a real process and capture its output.
+
+    stdout: a descriptor to give it instead of a pipe to read.  redirect:
+    shell redirections to start it with (``>&-``, ``2>/dev/full``).
+    """
+    argv = [sys.executable, "-m", "filexfer", *map(str, args)]
+    if redirect:
+        argv = ["sh", "-c", f"exec {shlex.join(argv)} {redirect}"]
     return subprocess.run(
-        [sys.executable, "-m", "filexfer", *map(str, args)],
+        argv,
         env=base_env(home),
         stdin=stdin,
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         cwd=cwd,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import signal
 import socket
 import subprocess
@@ -883,18 +882,11 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_130() -> None:
     ],
 )
 def test_a_closed_standard_stream_does_not_change_the_status(
-    args: list[str], closed: str, status: int
+    tmp_path: Path, args: list[str], closed: str, status: int
 ) -> None:
     """Started with stdout or stderr closed, Python has no stream object
     for it; the end of the command must not trip over that."""
-    command = shlex.join([sys.executable, "-m", "filexfer", *args])
-    done = subprocess.run(
-        ["sh", "-c", f"exec {command} {closed}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli(args, tmp_path, redirect=closed, timeout=60)
 
     assert done.returncode == status, done.stderr
     assert "Traceback" not in done.stderr

@@ -21,9 +21,7 @@ from tests.helpers import (
     SAMPLE_DATA,
     Pair,
     Receiver,
-    base_env,
     cli,
-    filexfer_command,
     leftovers,
     random_file,
     sha256,
@@ -723,15 +721,8 @@ def test_ls_into_a_closed_pipe_is_exit_8_with_one_line(pair: Pair) -> None:
     os.close(read_end)
     try:
         command = ["ls", "--fingerprint", pair.receiver_fingerprint]
-        done = subprocess.run(
-            filexfer_command(*command, pair.receiver.address),
-            env=base_env(pair.sender_home),
-            stdin=subprocess.DEVNULL,
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            check=False,
+        done = cli(
+            [*command, pair.receiver.address], pair.sender_home, stdout=write_end
         )
     finally:
         os.close(write_end)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import stat
 import subprocess
@@ -808,16 +807,7 @@ def test_put_of_many_files_needs_few_descriptors(pair: Pair, tmp_path: Path) -> 
 
 def put_to(pair: Pair, stdout: int, *args: str | os.PathLike[str]) -> tuple[int, str]:
     """`put` with its stdout on a given descriptor; (status, stderr)."""
-    done = subprocess.run(
-        filexfer_command(*pair.put_args(*args)),
-        env=base_env(pair.sender_home),
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli(pair.put_args(*args), pair.sender_home, stdout=stdout, timeout=60)
     return done.returncode, done.stderr
 
 
@@ -867,16 +857,7 @@ def test_put_with_stderr_unwritable_still_sends_and_exits_0(
 ) -> None:
     """Messages and bars that cannot be written never stop the job."""
     source = random_file(pair.tmp / "src" / "quiet.bin", 3 * MiB, seed=3)
-    command = shlex.join(map(str, filexfer_command(*pair.put_args(*flags, source))))
-    done = subprocess.run(
-        ["sh", "-c", f"exec {command} {stderr}"],
-        env=base_env(pair.sender_home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli(pair.put_args(*flags, source), pair.sender_home, redirect=stderr)
 
     assert done.returncode == 0
     assert sha256(pair.area / "quiet.bin") == sha256(source)
@@ -884,16 +865,7 @@ def test_put_with_stderr_unwritable_still_sends_and_exits_0(
 
 def test_put_json_with_stdout_closed_is_exit_8(pair: Pair) -> None:
     source = write(pair.tmp / "src" / "one.txt", b"one\n")
-    command = shlex.join(map(str, filexfer_command(*pair.put_args("--json", source))))
-    done = subprocess.run(
-        ["sh", "-c", f"exec {command} >&-"],
-        env=base_env(pair.sender_home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli(pair.put_args("--json", source), pair.sender_home, redirect=">&-")
 
     assert done.returncode == 8
     assert (pair.area / "one.txt").read_bytes() == b"one\n"
