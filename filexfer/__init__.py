@@ -11,16 +11,13 @@ def main() -> None:
     one line and status 130 rather than a traceback.
     """
     import os
-    import sys
 
     try:
         from .cli import main as run
     except KeyboardInterrupt:
-        if sys.stderr is not None:  # None when started with stderr closed
-            try:
-                sys.stderr.write("filexfer: error: interrupted\n")
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+        try:
+            os.write(2, b"filexfer: error: interrupted\n")
+        except OSError:
+            pass  # stderr closed or full: nothing more to say
         os._exit(130)
     run()

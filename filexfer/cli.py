@@ -9,6 +9,7 @@ errors propagate to :func:`main`, which prints ``filexfer: error: ...``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -16,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import click
 
@@ -351,24 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     # The outcome is decided: a Ctrl-C from here on can neither change the
     # status nor interrupt the last writes with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not _flushed(sys.stdout):
-        code = code or 1  # stdout is gone (a closed pipe): nothing to tell
-    _flushed(sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        # Output goes out line by line and a failure is already counted
+        # (lost_output); None is a stream closed before start (>&-).
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
     os._exit(code)
-
-
-def _flushed(stream: TextIO | None) -> bool:
-    """Flush a standard stream; False if it could not take what it held.
-
-    A stream closed before start (``>&-``) is None: nothing to flush.
-    """
-    if stream is None:
-        return True
-    try:
-        stream.flush()
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _run(argv: list[str] | None) -> int:
@@ -389,8 +378,6 @@ def _run(argv: list[str] | None) -> int:
     except FilexferError as exc:
         print_error(exc)
         return exc.exit_code
-    except SystemExit as exc:
-        return _exit_status(exc)
     except Exception as exc:
         if Debug.enabled:
             raise
@@ -398,16 +385,6 @@ def _run(argv: list[str] | None) -> int:
         click.echo("filexfer: hint: rerun with --debug and report it", err=True)
         return 1
     return 0
-
-
-def _exit_status(exc: SystemExit) -> int:
-    """The status sys.exit(X) would have ended the process with."""
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code
-    print(exc.code, file=sys.stderr)
-    return 1
 
 
 def _print_usage_error(exc: click.ClickException) -> None:
