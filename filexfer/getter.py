@@ -230,13 +230,7 @@ def get_files(
         for index, request in enumerate(requests):
             last = index == len(requests) - 1
             get = msgs.Get(request.remote, recursive, last)
-            too_long = channel.too_long(get)
-            if too_long:
-                name = printable(request.remote)
-                raise RefusedError(
-                    f"cannot ask for '{name}': {too_long}", Code.BAD_PATH
-                )
-            channel.send(get)
+            _send_request(channel, get, f"cannot ask for '{printable(request.remote)}'")
         ReceiveSession(channel, dest, "get", guard).run()
     except FilexferError as exc:
         error = exc
@@ -245,6 +239,18 @@ def get_files(
     finally:
         channel.close()
     return guard.settle(error), error
+
+
+def _send_request(channel: Channel, request: msgs.Message, refusal: str) -> None:
+    """Send a Get or List, unless its name is too long for the receiver.
+
+    Raises:
+        RefusedError: the receiver could not take it (refusal says which).
+    """
+    too_long = channel.too_long(request)
+    if too_long:
+        raise RefusedError(f"{refusal}: {too_long}", Code.BAD_PATH)
+    channel.send(request)
 
 
 def list_remote(
@@ -261,13 +267,9 @@ def list_remote(
     """
     count = 0
     try:
-        listing = msgs.List(name, recursive)
-        too_long = channel.too_long(listing)
-        if too_long:
-            raise RefusedError(
-                f"cannot list '{printable(name)}': {too_long}", Code.BAD_PATH
-            )
-        channel.send(listing)
+        _send_request(
+            channel, msgs.List(name, recursive), f"cannot list '{printable(name)}'"
+        )
         while not isinstance(message := channel.recv(), msgs.Close):
             if not isinstance(message, msgs.Entry):
                 raise ProtocolError(f"unexpected {type(message).__name__} in a listing")
