@@ -8,13 +8,19 @@ def main() -> None:
 
     Loading it (click, cryptography and the rest) takes some 50 ms; a
     Ctrl-C in that time ends the command the way a later one does, with
-    one line and status 130 rather than a traceback.
+    one line and status 130.  It is only noted while loading: raised
+    there, a KeyboardInterrupt can land where Python swallows it (a
+    callback of the import machinery) and the command would run anyway.
     """
     import os
+    import signal
 
-    try:
-        from .cli import main as run
-    except KeyboardInterrupt:
+    interrupted: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: interrupted.append(signum))
+    from .cli import main as run
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
         try:
             os.write(2, b"filexfer: error: interrupted\n")
         except OSError:

@@ -51,7 +51,7 @@ from .options import (
     split_address,
     with_config,
 )
-from .report import Debug, emit, lost_output, print_error, tolerate_stderr
+from .report import Debug, emit, guard_streams, lost_output, print_error
 from .session import Timeouts
 from .storage import NameLimits
 
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     (and, where it matters, fsynced) before its command returns, and the
     standard streams are flushed here.
     """
-    tolerate_stderr()
+    guard_streams()
     code = _run(argv)
     lost = lost_output()
     if lost is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO, cast
 
 import click
@@ -98,55 +99,79 @@ class _Output:
     lost: OSError | None = None
 
 
-class _Tolerant:
-    """stderr that never fails a command: what it cannot take is dropped.
+class _Guarded:
+    """A standard stream whose failed writes never fail the command.
 
-    Messages, progress bars and log lines go there; if it is a closed pipe
-    or a full disk, the job still runs to its end and exits with its own
-    status, as there is nowhere left to say anything.
+    What it cannot take (a pipe whose reader has gone, a full disk, a
+    stream closed before start) is dropped, and the job runs on.  For
+    stdout the first failure is kept, for :func:`lost_output`; for stderr
+    there is nowhere left to tell anyone.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None, keep_failure: bool) -> None:
         self._stream = stream
+        self._keep = keep_failure
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return getattr(self._stream, "errors", None) or "strict"
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except (OSError, ValueError):
-            return len(text)
+        if not isinstance(text, str):
+            raise TypeError("a text stream")  # click probes for binary ones
+        if text:
+            self._attempt(lambda stream: stream.write(text))
+        return len(text)
 
     def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass
+        if self._stream is not None:
+            self._attempt(lambda stream: stream.flush())
+
+    def _attempt(self, action: Callable[[TextIO], object]) -> None:
+        failure: OSError
+        if self._stream is None:
+            failure = OSError(errno.EBADF, os.strerror(errno.EBADF))
+        else:
+            try:
+                action(self._stream)
+                return
+            except OSError as exc:
+                failure = exc
+            except ValueError:  # closed under us
+                failure = OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if self._keep and _Output.lost is None:
+            _Output.lost = failure
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
-def tolerate_stderr() -> None:
-    """Make writes to stderr that fail harmless for the rest of the run."""
-    if sys.stderr is not None and not isinstance(sys.stderr, _Tolerant):
-        sys.stderr = cast(TextIO, _Tolerant(sys.stderr))
+def guard_streams() -> None:
+    """Make failed writes to stdout and stderr harmless for the whole run.
+
+    A stderr closed before start stays None (nothing is drawn or said);
+    a closed stdout is guarded, so that output meant for it counts as
+    lost.
+    """
+    if not isinstance(sys.stdout, _Guarded):
+        sys.stdout = cast(TextIO, _Guarded(sys.stdout, keep_failure=True))
+    if sys.stderr is not None and not isinstance(sys.stderr, _Guarded):
+        sys.stderr = cast(TextIO, _Guarded(sys.stderr, keep_failure=False))
 
 
 def emit(line: str) -> None:
     """Print one line of the command's output (JSON, a listing, a key).
 
-    When stdout cannot take it (a pipe whose reader has gone, a full
-    disk), the rest of the output is dropped and the job goes on: its
-    messages still reach stderr, and :func:`lost_output` tells the end.
+    Once stdout has failed to take a line, the rest is dropped: the job
+    goes on, its messages still reach stderr, and :func:`lost_output`
+    tells the end.
     """
-    if _Output.lost is not None:
-        return
-    if sys.stdout is None:  # closed before start (>&-)
-        _Output.lost = OSError(errno.EBADF, os.strerror(errno.EBADF))
-        return
-    try:
+    if _Output.lost is None:
         click.echo(line)
-    except OSError as exc:
-        _Output.lost = exc
 
 
 def lost_output() -> LocalFileError | None:

@@ -841,15 +841,14 @@ def test_recv_logs_one_line_per_event_without_secrets(pair: Pair, source: Path) 
 
 
 # A Ctrl-C that lands while the command line is still being loaded: the
-# import of filexfer.cli is made to raise KeyboardInterrupt, as SIGINT
-# would at that moment.
+# process sends itself SIGINT as the import of filexfer.cli begins.
 _INTERRUPTED_WHILE_LOADING = """\
-import sys
+import os, signal, sys
 
 class Interrupt:
     def find_spec(self, name, path=None, target=None):
         if name == "filexfer.cli":
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return None
 
 sys.meta_path.insert(0, Interrupt())
@@ -875,9 +874,10 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_130() -> None:
 @pytest.mark.parametrize(
     ("args", "closed", "status"),
     [
-        (["--version"], ">&-", 0),
+        (["--version"], ">&-", 8),  # stdout not writable: output is lost
         (["--version"], "2>&-", 0),
         (["put"], ">&-", 2),
+        (["--help"], ">/dev/full", 8),
         (["put"], "2>&-", 2),
     ],
 )
