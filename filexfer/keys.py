@@ -38,6 +38,7 @@ Nothing here logs or prints a private key.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import os
@@ -51,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .errors import TrustError, UsageError, os_reason
 from .printable import is_plain, printable
+from .storage import make_directories, sync_directory
 
 KEY_PREFIX = "fx1"
 PRIVATE_PREFIX = "fx1-private-"
@@ -130,7 +132,7 @@ def _ensure_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UsageError(f"config directory {path} is not a directory")
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_directories(path, 0o700)
     except OSError as exc:
         raise UsageError(
             f"cannot create config directory {path}: {os_reason(exc)}",
@@ -181,16 +183,8 @@ def _link_or_keep(temp: Path, path: Path) -> None:
 
 
 def _sync_directory(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory; the file is synced
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):  # the file itself is synced
+        sync_directory(path)
 
 
 def _read_private(path: Path) -> X25519PrivateKey:

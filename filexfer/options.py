@@ -48,6 +48,7 @@ from .keys import (
 from .printable import printable
 from .sender import FileResult
 from .session import Channel, Timeouts, connect
+from .storage import make_directories
 
 DEFAULT_PORT = 7757
 MAX_SECONDS = 86400.0  # a day: longer timeouts are typing mistakes
@@ -207,7 +208,7 @@ def root_option(text: str | None, option: str = "--dir") -> Path:
 
 def make_root(root: Path, option: str = "--dir") -> None:
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        make_directories(root)
     except OSError as exc:
         shown = printable(str(root))
         raise UsageError(f"cannot create {option} {shown}: {os_reason(exc)}") from exc

@@ -45,7 +45,13 @@ from .keys import (
 from .receiver import ReceiveSession
 from .records import MAX_PLAINTEXT
 from .session import Channel, Timeouts, accept
-from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore, NameLimits
+from .storage import (
+    KEEP_MODES_MASK,
+    MODE_MASK,
+    LocalStore,
+    NameLimits,
+    make_directories,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +312,7 @@ class Server:
             return self.config.root
         area = self.config.root / (grant.area or area_for(grant.key))
         try:
-            area.mkdir(mode=0o700, exist_ok=True)
+            make_directories(area, 0o700)
         except OSError as exc:
             raise FilexferError(f"cannot create area {area}: {exc.strerror}") from exc
         return area

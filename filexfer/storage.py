@@ -243,6 +243,48 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def sync_directory(path: Path) -> None:
+    """Make the names in the directory at path durable.
+
+    A file system that cannot sync a directory (EINVAL) is left as it is.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def make_directories(path: Path, mode: int = 0o777) -> None:
+    """Create path and its missing parents, each new name made durable.
+
+    Like ``Path.mkdir(mode, parents=True, exist_ok=True)``, except that
+    the directory holding each new name is synced, so that what is later
+    written below cannot vanish with an unsynced parent in a crash.
+    Only path itself gets mode; parents get the default.
+
+    Raises:
+        OSError: a level could not be created or synced, or something
+            other than a directory is in the way.
+    """
+    try:
+        os.mkdir(path, mode)
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        make_directories(path.parent)
+        make_directories(path, mode)
+        return
+    except FileExistsError:
+        if path.is_dir():
+            return  # already there, or made meanwhile by another process
+        raise
+    sync_directory(path.parent)
+
+
 def syncfs(fd: int) -> bool:
     """Flush the whole file system holding fd; False if unsupported."""
     call = _libc("syncfs")
@@ -458,6 +500,9 @@ class LocalStore:
         self._reserved = 0
         self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         self._dirs: dict[tuple[str, ...], int] = {}
+        # Directories that gained a subdirectory whose name is not yet
+        # known to be durable; synced before any file below is confirmed.
+        self._new_entries: set[tuple[str, ...]] = set()
 
     def close(self) -> None:
         self.close_dirs()
@@ -537,12 +582,13 @@ class LocalStore:
             exists = False
             try:
                 os.mkdir(parts[-1], 0o700, dir_fd=dir_fd)
+                self._new_entries.add(parts[:-1])
             except FileExistsError:
                 exists = True  # one already there keeps its mode
             fd = self._walk(parts, create=False)  # refuses a non-directory
             if not exists:
                 os.fchmod(fd, mode & self.mode_mask)
-            os.fsync(dir_fd)
+            self._sync_new_entries()
         except OSError as exc:
             raise refusal_for(exc) from exc
         return Placement(name, parts, 0, False, exists)
@@ -600,6 +646,7 @@ class LocalStore:
             if not create:
                 raise
             os.mkdir(parts[-1], 0o755, dir_fd=fd)
+            self._new_entries.add(parts[:-1])
             child = os.open(parts[-1], flags, dir_fd=fd)
         self._dirs[parts] = child
         return child
@@ -659,9 +706,23 @@ class LocalStore:
         """
         fds = {part.dir_fd for part in parts}
         if len(fds) > 1 and syncfs(self._root_fd):
+            self._new_entries.clear()
             return
         for fd in fds:
             os.fsync(fd)
+        self._sync_new_entries()
+
+    def _sync_new_entries(self) -> None:
+        """Sync every directory that gained a subdirectory since the last sync.
+
+        A file is only as durable as the names on its path: after a crash,
+        a synced file in a new directory whose own name was never synced
+        is lost with that directory.
+        """
+        while self._new_entries:
+            parts = min(self._new_entries)
+            os.fsync(self._walk(parts, create=False))
+            self._new_entries.discard(parts)
 
     def _find(self, name: str) -> tuple[int, str, os.stat_result]:
         """The parent descriptor, last component and lstat of a stored name.

@@ -22,6 +22,7 @@ from filexfer.storage import (
     PartFile,
     aligned_buffer,
     check_name,
+    make_directories,
     rename_no_replace,
 )
 from tests.helpers import leftovers
@@ -595,3 +596,109 @@ def test_rename_no_replace_never_clobbers(root: Path) -> None:
     assert (root / "taken").read_bytes() == b"precious"
     assert (root / "free").read_bytes() == b"new content"
     assert not (root / "old").exists()
+
+
+# -- durable names of new directories ----------------------------------------
+#
+# A crash cannot be staged here, so these tests watch the fsync calls
+# (the real ones still run): a file is durable only when the directory
+# holding each new name on its path has been synced after that name
+# appeared.
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(device, inode) of everything fsynced, in order."""
+    calls: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        calls.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+def identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def test_one_file_in_new_directories_syncs_every_new_name(
+    store: LocalStore, root: Path, synced: list[tuple[int, int]]
+) -> None:
+    """A batch of one file syncs the directories above its own, too."""
+    part = write_part(store, "a/b/c/data.bin", b"content")
+    part.commit()
+    store.sync_dirs([part])
+
+    for directory in (root, root / "a", root / "a" / "b", root / "a" / "b" / "c"):
+        assert identity(directory) in synced, directory
+
+
+def test_new_directory_names_are_synced_once(
+    store: LocalStore, root: Path, synced: list[tuple[int, int]]
+) -> None:
+    first = write_part(store, "a/b/one.bin", b"1")
+    first.commit()
+    store.sync_dirs([first])
+    synced.clear()
+
+    second = write_part(store, "a/b/two.bin", b"2")
+    second.commit()
+    store.sync_dirs([second])
+
+    assert synced.count(identity(root / "a" / "b")) == 1
+    assert identity(root) not in synced
+    assert identity(root / "a") not in synced
+
+
+def test_new_directories_of_a_failed_file_are_synced_with_the_next(
+    store: LocalStore, root: Path, synced: list[tuple[int, int]]
+) -> None:
+    """The next file below a directory made for a failed one needs its name."""
+    failed = write_part(store, "a/b/failed.bin", b"x")
+    failed.abort()
+    store.close_dirs()
+
+    part = write_part(store, "a/b/ok.bin", b"y")
+    part.commit()
+    store.sync_dirs([part])
+
+    assert identity(root) in synced
+    assert identity(root / "a") in synced
+
+
+def test_make_directory_syncs_the_names_of_its_new_parents(
+    store: LocalStore, root: Path, synced: list[tuple[int, int]]
+) -> None:
+    store.make_directory("x/y/z", 0o755)
+
+    assert (root / "x" / "y" / "z").is_dir()
+    for directory in (root, root / "x", root / "x" / "y"):
+        assert identity(directory) in synced, directory
+
+
+def test_make_directories_creates_and_syncs_each_level(
+    tmp_path: Path, synced: list[tuple[int, int]]
+) -> None:
+    target = tmp_path / "p" / "q" / "r"
+    make_directories(target, 0o700)
+
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
+    for directory in (tmp_path, tmp_path / "p", tmp_path / "p" / "q"):
+        assert identity(directory) in synced, directory
+
+    synced.clear()
+    make_directories(target, 0o700)
+    assert synced == []
+
+
+def test_make_directories_refuses_a_file_in_the_way(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        make_directories(tmp_path / "file")
+    with pytest.raises(NotADirectoryError):
+        make_directories(tmp_path / "file" / "below")
