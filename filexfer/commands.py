@@ -39,7 +39,7 @@ from .options import (
     with_retries,
 )
 from .printable import printable
-from .report import Progress, emit, job_error, report
+from .report import Progress, emit, job_error, lost_output, report
 from .sender import FileResult, Source, collect_sources, send_files, unsent
 from .session import Channel
 from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
@@ -294,6 +294,8 @@ def ls_command(
         nonlocal shown
         emit(_entry_json(entry) if as_json else _entry_line(entry))
         shown += 1
+        if lost_output() is not None:
+            raise _NoReaderError  # the rest would only be dropped: stop asking
 
     for number in range(retry + 1):
         try:
@@ -304,6 +306,8 @@ def ls_command(
                 raise channel
             list_remote(channel, name, recursive, show)
             return
+        except _NoReaderError:
+            return  # the end of the command says that output was lost
         except ConnectError as exc:
             if number == retry or shown:
                 raise  # a listing cut short is not printed twice
@@ -315,6 +319,10 @@ def ls_command(
             time.sleep(wait)
         except KeyboardInterrupt:
             raise InterruptError("interrupted") from None
+
+
+class _NoReaderError(Exception):
+    """stdout no longer takes the listing, so it is not worth receiving."""
 
 
 def _entry_line(entry: msgs.Entry) -> str:

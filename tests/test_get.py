@@ -732,3 +732,7 @@ def test_ls_into_a_closed_pipe_is_exit_8_with_one_line(pair: Pair) -> None:
         "filexfer: error: cannot write to standard output (broken pipe); "
         "output is missing\n"
     )
+    # It stopped at the first line nobody took, without asking for the
+    # rest: the daemon saw the connection end before the listing's Close.
+    pair.receiver.wait_for_log(r"event=session\.failed ")
+    assert "event=session.end" not in pair.receiver.log()
