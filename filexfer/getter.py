@@ -108,6 +108,7 @@ class _Guard(Watcher):
         self.by_name: dict[str, int] = {}  # local name -> its file id
         self.results: dict[int, FileResult] = {}
         self.answered: set[str] = set()
+        self.refused: dict[str, FilexferError] = {}  # not asked for: why
         self.started = time.monotonic()
 
     def admit(self, offer: msgs.Offer) -> msgs.Offer:
@@ -204,7 +205,8 @@ class _Guard(Watcher):
             results.append(result)
         for request in self.requests:
             if request.remote not in self.answered:
-                missing = error or ProtocolError(
+                missing = self.refused.get(request.remote) or error
+                missing = missing or ProtocolError(
                     f"receiver did not send '{printable(request.remote)}'"
                 )
                 results.append(FileResult(request.local, error=missing))
@@ -227,11 +229,9 @@ def get_files(
     guard = _Guard(requests, recursive, overwrite, str(dest.root), on_progress)
     error: FilexferError | None = None
     try:
-        for index, request in enumerate(requests):
-            last = index == len(requests) - 1
-            get = msgs.Get(request.remote, recursive, last)
-            _send_request(channel, get, f"cannot ask for '{printable(request.remote)}'")
-        ReceiveSession(channel, dest, "get", guard).run()
+        asked = _ask(channel, requests, recursive, guard)
+        if asked:
+            ReceiveSession(channel, dest, "get", guard).run()
     except FilexferError as exc:
         error = exc
     except KeyboardInterrupt:
@@ -241,16 +241,25 @@ def get_files(
     return guard.settle(error), error
 
 
-def _send_request(channel: Channel, request: msgs.Message, refusal: str) -> None:
-    """Send a Get or List, unless its name is too long for the receiver.
+def _ask(
+    channel: Channel, requests: list[Request], recursive: bool, guard: _Guard
+) -> int:
+    """Send a Get for each request that fits the receiver; return how many.
 
-    Raises:
-        RefusedError: the receiver could not take it (refusal says which).
+    A name too long for the receiver's records fails alone, here.
     """
-    too_long = channel.too_long(request)
-    if too_long:
-        raise RefusedError(f"{refusal}: {too_long}", Code.BAD_PATH)
-    channel.send(request)
+    fitting = []
+    for request in requests:
+        too_long = channel.too_long(msgs.Get(request.remote, recursive, True))
+        if too_long:
+            why = f"cannot ask for '{printable(request.remote)}': {too_long}"
+            guard.refused[request.remote] = RefusedError(why, Code.BAD_PATH)
+        else:
+            fitting.append(request)
+    for index, request in enumerate(fitting):
+        last = index == len(fitting) - 1
+        channel.send(msgs.Get(request.remote, recursive, last))
+    return len(fitting)
 
 
 def list_remote(
@@ -267,9 +276,12 @@ def list_remote(
     """
     count = 0
     try:
-        _send_request(
-            channel, msgs.List(name, recursive), f"cannot list '{printable(name)}'"
-        )
+        request = msgs.List(name, recursive)
+        too_long = channel.too_long(request)
+        if too_long:
+            why = f"cannot list '{printable(name)}': {too_long}"
+            raise RefusedError(why, Code.BAD_PATH)
+        channel.send(request)
         while not isinstance(message := channel.recv(), msgs.Close):
             if not isinstance(message, msgs.Entry):
                 raise ProtocolError(f"unexpected {type(message).__name__} in a listing")

@@ -708,6 +708,12 @@ def test_names_too_long_for_the_receivers_records_are_refused_by_name(
     assert "cannot ask for" in fetched.stderr
     assert "too long a name for the receiver" in fetched.stderr
 
+    # Asked for with a name that fits, it fails alone.
+    fetched = get(pair, "-r", "-o", tmp_path / "dl", long_name, "top/near.txt")
+    assert fetched.returncode == 7, fetched.stderr
+    assert (tmp_path / "dl" / "near.txt").read_bytes() == b"near\n"
+    assert "too long a name for the receiver" in fetched.stderr
+
     listed = ls(pair, long_name)
     assert listed.returncode == 6, listed.stderr
     assert "cannot list" in listed.stderr
