@@ -34,6 +34,7 @@ stored files without following a symlink or showing a part file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import functools
@@ -645,7 +646,10 @@ class LocalStore:
         except FileNotFoundError:
             if not create:
                 raise
-            os.mkdir(parts[-1], 0o755, dir_fd=fd)
+            with contextlib.suppress(FileExistsError):  # another session's
+                os.mkdir(parts[-1], 0o755, dir_fd=fd)
+            # Synced here too when another session made it: that one may
+            # not have synced it yet when a file below is confirmed here.
             self._new_entries.add(parts[:-1])
             child = os.open(parts[-1], flags, dir_fd=fd)
         self._dirs[parts] = child

@@ -702,3 +702,29 @@ def test_make_directories_refuses_a_file_in_the_way(tmp_path: Path) -> None:
         make_directories(tmp_path / "file")
     with pytest.raises(NotADirectoryError):
         make_directories(tmp_path / "file" / "below")
+
+
+def test_a_directory_made_meanwhile_by_another_session_is_used(
+    store: LocalStore,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    synced: list[tuple[int, int]],
+) -> None:
+    """Two sessions storing below the same new folder race to create it;
+    the one that loses uses the folder the other made (and syncs its name)."""
+    real_mkdir = os.mkdir
+
+    def the_other_session_was_first(
+        path: str, mode: int = 0o777, *, dir_fd: int | None = None
+    ) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        real_mkdir(path, mode, dir_fd=dir_fd)  # ours, now too late: EEXIST
+
+    monkeypatch.setattr(os, "mkdir", the_other_session_was_first)
+    part = write_part(store, "shared/deeper/file.bin", b"mine")
+    part.commit()
+    store.sync_dirs([part])
+
+    assert (root / "shared" / "deeper" / "file.bin").read_bytes() == b"mine"
+    assert identity(root) in synced
+    assert identity(root / "shared") in synced
