@@ -274,8 +274,8 @@ def make_directories(path: Path, mode: int = 0o777) -> None:
     try:
         os.mkdir(path, mode)
     except FileNotFoundError:
-        if path.parent == path:
-            raise
+        if path.parent == path or path.parent.is_dir():
+            raise  # nothing above is missing (a deleted cwd, /proc, ...)
         make_directories(path.parent)
         make_directories(path, mode)
         return

@@ -438,6 +438,17 @@ def test_bare_command_shows_usage_and_exits_2(sender_home: Path) -> None:
     assert "Exit codes:" in done.stderr
 
 
+def test_a_config_directory_that_cannot_be_made_is_exit_2() -> None:
+    """/proc exists and takes no new folder: one line and 2, no retry loop."""
+    done = cli(["id"], Path("/proc/filexfer-no-such-home"), timeout=30)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        "filexfer: error: cannot create config directory "
+        "/proc/filexfer-no-such-home: no such file or directory\n"
+    )
+
+
 def test_recv_on_a_busy_port_exits_3(receiver_home: Path, tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]

@@ -728,3 +728,17 @@ def test_a_directory_made_meanwhile_by_another_session_is_used(
     assert (root / "shared" / "deeper" / "file.bin").read_bytes() == b"mine"
     assert identity(root) in synced
     assert identity(root / "shared") in synced
+
+
+def test_make_directories_where_nothing_can_be_made_fails_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent that exists and still refuses a child (a deleted working
+    directory, /proc) is one error, not an endless retry."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+
+    with pytest.raises(FileNotFoundError):
+        make_directories(Path("new") / "deeper")
