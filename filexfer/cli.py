@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     standard streams are flushed here.
     """
     guard_streams()
+    # SIGTERM (timeout(1), systemd, a job runner) stops a job as Ctrl-C
+    # does: every file accounted for, one line, 130.  recv sets its own.
+    signal.signal(signal.SIGTERM, _interrupt)
     code = _run(argv)
     lost = lost_output()
     if lost is not None:
@@ -352,12 +355,17 @@ def main(argv: list[str] | None = None) -> None:
     # The outcome is decided: a Ctrl-C from here on can neither change the
     # status nor interrupt the last writes with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         # Output goes out line by line and a failure is already counted
         # (lost_output); None is a stream closed before start (>&-).
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
     os._exit(code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(argv: list[str] | None) -> int:

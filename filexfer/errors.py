@@ -19,7 +19,7 @@ each kind maps to exactly one process exit code::
     │                                written, a name cannot be sent, a
     │                                file changed while being sent, or
     │                                stdout could not take the output
-    └── InterruptError          130  the user stopped the job (Ctrl-C)
+    └── InterruptError          130  the job was stopped (Ctrl-C, SIGTERM)
 
 Errors that travel to the peer carry a :class:`Code`, the one-byte reason
 on the wire; :func:`from_code` turns a received code back into the class

@@ -64,7 +64,7 @@ Exit codes:
   6  refused by the receiver: exists, bad path, no space, write error
   7  some files failed, the others arrived
   8  a local file could not be read or sent, or changed; or stdout was not writable
-  130  interrupted (Ctrl-C); files not confirmed were not copied"""
+  130  interrupted (Ctrl-C or SIGTERM); files not confirmed were not copied"""
 
 
 class State:

@@ -519,13 +519,17 @@ def test_put_sender_interrupted_says_not_completed(
     assert stray_parts(root) == []
 
 
-def test_put_json_interrupted_reports_every_file(held: Held, big_source: Path) -> None:
-    """Ctrl-C still ends with one object per file, and exit 130 (C15)."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_put_json_interrupted_reports_every_file(
+    held: Held, big_source: Path, signum: int
+) -> None:
+    """Ctrl-C, or a SIGTERM from timeout(1), systemd or a job runner, still
+    ends with one object per file, and exit 130 (C15)."""
     small = write(held.pair.tmp / "src" / "small.txt", b"small\n")
     sender = held.start_put("--json", big_source, small)
     held.wait_mid_transfer()
 
-    sender.send_signal(signal.SIGINT)
+    sender.send_signal(signum)
     stdout, stderr = sender.communicate(timeout=30)
 
     assert sender.returncode == 130
