@@ -31,6 +31,7 @@ timeouts, record, message and Noise errors) become filexfer errors.
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 import struct
@@ -347,8 +348,10 @@ class Channel:
         """Whether input is here, already read or on the socket, within wait."""
         if self._inbox_end > self._inbox_start:
             return True
-        readable, _, _ = select.select([self.sock], [], [], wait)
-        return bool(readable)
+        # poll, not select: a daemon's socket may be descriptor 1024 or more.
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(math.ceil(wait * 1000)))
 
     def _read_exact(self, view: memoryview, blocks: bool = True) -> None:
         """Fill view with the next input bytes.

@@ -7,6 +7,8 @@ because connect() takes a host and port.
 
 from __future__ import annotations
 
+import os
+import resource
 import select
 import socket
 import struct
@@ -654,6 +656,30 @@ def test_input_waiting_counts_what_was_already_read(
     assert right.input_waiting()
     assert right.recv() == msgs.Accept(1, 0)
     assert not right.input_waiting()
+
+
+def test_input_waiting_works_on_a_descriptor_past_1023(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """A daemon with a raised descriptor limit has sockets numbered 1024
+    and up, where select() cannot look."""
+    left, right = pair
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.fail(f"this test needs a descriptor limit of 2048 (hard {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    high = os.dup2(right.sock.fileno(), 1500)
+    moved = right.sock
+    right.sock = socket.socket(fileno=high)
+    try:
+        assert not right.input_waiting()
+        left.send(msgs.Accept(0, 0))
+        assert right.input_waiting(5)
+        assert right.recv() == msgs.Accept(0, 0)
+    finally:
+        right.sock.close()
+        right.sock = moved
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_records_of_any_size_in_any_order_arrive_intact(
