@@ -38,12 +38,15 @@ ever partial.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from blake3 import blake3
 
@@ -70,7 +73,14 @@ from .storage import (
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 BATCH_FILES = 128
+# Out of descriptors, a session commits its own batch, then waits up to
+# OPEN_ATTEMPTS x OPEN_PAUSE for other sessions' commits before it
+# refuses a file.
+OPEN_ATTEMPTS = 50
+OPEN_PAUSE = 0.02
 BATCH_BYTES = 256 << 20
 BATCH_SECONDS = 1.0
 # An honest sender keeps at most sender.OFFER_WINDOW (64) offers ahead of
@@ -211,6 +221,11 @@ class _WriteBehind:
         assert incoming.hasher is not None
         incoming.hasher.update(payload)
         _write_chunk(incoming, payload)
+
+
+def _out_of_descriptors(exc: RefusedError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE)
 
 
 def _write_chunk(incoming: _Incoming, payload: memoryview) -> None:
@@ -372,8 +387,10 @@ class ReceiveSession:
             # the file it became (exists, or identical).
             raise RefusedError("sent twice in one job", Code.DUPLICATE)
         if offer.directory:
-            return _Incoming(offer, self.store.make_directory(offer.name, offer.mode))
-        placement = self.store.reserve(
+            made = self._with_files(self.store.make_directory, offer.name, offer.mode)
+            return _Incoming(offer, made)
+        placement = self._with_files(
+            self.store.reserve,
             offer.name,
             offer.size,
             offer.overwrite,
@@ -395,7 +412,8 @@ class ReceiveSession:
             RefusedError: it cannot be read (its name is then not usable).
         """
         try:
-            return digest_of(self.store.open_file(incoming.offer.name)[0])
+            fd, _ = self._with_files(self.store.open_file, incoming.offer.name)
+            return digest_of(fd)
         except OSError as exc:
             self.store.release(incoming.placement)
             raise refusal_for(exc) from exc
@@ -463,12 +481,39 @@ class ReceiveSession:
             incoming.started = time.monotonic()
             incoming.hasher = blake3()
             try:
-                incoming.part = self.store.open_part(incoming.placement)
+                incoming.part = self._open_part(incoming.placement)
             except RefusedError as exc:
                 self._fail_current(incoming, exc)
                 return incoming
             self._start_writing(incoming)
         return incoming
+
+    def _open_part(self, placement: Placement) -> PartFile:
+        def open_part() -> PartFile:
+            self.store.hold_again(placement)  # a failed try gave it back
+            return self.store.open_part(placement)
+
+        return self._with_files(open_part)
+
+    def _with_files(self, step: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a storage step; out of descriptors, commit the batch and retry.
+
+        Files waiting for their commit hold a descriptor each, so a daemon
+        under a low limit (many sessions, a small ``ulimit -n``) gets them
+        back by committing early, and waiting a moment for other sessions
+        to do the same, rather than refusing the next file.
+        """
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return step(*args, **kwargs)
+            except RefusedError as exc:
+                if attempt == OPEN_ATTEMPTS - 1 or not _out_of_descriptors(exc):
+                    raise
+            if self.batch:
+                self._flush()
+            else:
+                time.sleep(OPEN_PAUSE)  # other sessions are committing theirs
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _start_writing(incoming: _Incoming) -> None:

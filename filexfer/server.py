@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import resource
 import secrets
 import signal
 import socket
@@ -33,7 +34,7 @@ from types import FrameType
 
 from . import messages as msgs
 from .catalog import serve_reading
-from .errors import Code, ConnectError, FilexferError, TrustError
+from .errors import Code, ConnectError, FilexferError, RefusedError, TrustError
 from .keys import (
     Grant,
     Identity,
@@ -50,6 +51,7 @@ from .storage import (
     MODE_MASK,
     LocalStore,
     NameLimits,
+    load_libc,
     make_directories,
 )
 
@@ -99,6 +101,30 @@ def _run_job(channel: Channel, store: LocalStore, grant: Grant, session_id: str)
     return session.committed
 
 
+# Descriptors one session may hold at once: its socket, a batch of part
+# files waiting for their commit, and the directories they lie in.
+FILES_PER_SESSION = 160
+
+
+def raise_file_limit() -> int:
+    """Raise this process's descriptor limit to what it may have; return it.
+
+    Soft limits of 1024 are common, and sessions hold a part file for
+    each file waiting in their commit batch.  Past the limit that remains,
+    a session commits its batch early (see ReceiveSession) instead of
+    refusing files.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass  # kept as it is; sessions then commit early
+    return soft
+
+
 def _peer_text(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
@@ -145,14 +171,25 @@ class Server:
         """Run the accept loop until a signal (or the one session) ends it."""
         self._install_signals()
         removed = LocalStore(self.config.root).remove_stale_parts()
+        open_files = raise_file_limit()
+        load_libc()
         host, port = self.address
         log.info(
-            "event=recv.listening address=%s key=%s root=%s stale_parts_removed=%d",
+            "event=recv.listening address=%s key=%s root=%s stale_parts_removed=%d "
+            "open_files=%d",
             _peer_text((host, port)),
             fingerprint(self.identity.public),
             self.config.root,
             removed,
+            open_files,
         )
+        if open_files < self.config.max_sessions * FILES_PER_SESSION:
+            log.warning(
+                "event=recv.low_file_limit open_files=%d max_sessions=%d "
+                "effect=smaller_commit_batches",
+                open_files,
+                self.config.max_sessions,
+            )
         try:
             while not self.stopping.is_set():
                 self._accept_one()
@@ -314,7 +351,8 @@ class Server:
         try:
             make_directories(area, 0o700)
         except OSError as exc:
-            raise FilexferError(f"cannot create area {area}: {exc.strerror}") from exc
+            why = f"cannot create area {area}: {exc.strerror}"
+            raise RefusedError(why, Code.IO_ERROR) from exc
         return area
 
     def _open_area(self, key: bytes) -> tuple[Grant, Path, LocalStore]:
@@ -332,7 +370,8 @@ class Server:
         try:
             store = LocalStore(area, self.config.limits, self.config.min_free, mask)
         except OSError as exc:
-            raise FilexferError(f"cannot open area {area}: {exc.strerror}") from exc
+            why = f"cannot open area {area}: {exc.strerror}"
+            raise RefusedError(why, Code.IO_ERROR) from exc
         return grant, area, store
 
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:

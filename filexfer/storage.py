@@ -177,6 +177,16 @@ def _libc(name: str) -> Callable[..., int] | None:
     return found
 
 
+def load_libc() -> None:
+    """Look the libc functions up now, not on first use.
+
+    For the daemon: loading ctypes opens files, which must not wait until
+    a session is out of descriptors and commits early to get some back.
+    """
+    for name in ("syncfs", "sync_file_range", "renameat2"):
+        _libc(name)
+
+
 def _libc_error(path: str | None = None) -> OSError:
     """The OSError for the errno the last libc call left."""
     import ctypes
@@ -523,6 +533,12 @@ class LocalStore:
         if not placement.released:
             placement.released = True
             self._reserved = max(0, self._reserved - placement.size)
+
+    def hold_again(self, placement: Placement) -> None:
+        """Set a released placement's space aside again, for a retry."""
+        if placement.released:
+            placement.released = False
+            self._reserved += placement.size
 
     def reserve(
         self,

@@ -144,11 +144,12 @@ class Receiver:
     port: int = 0
     _log: object = field(default=None, repr=False)
     max_files: int | None = None  # a descriptor limit for the daemon
+    hard_max_files: int | None = None  # how far it may raise it (max_files)
 
     def _python(self) -> list[str]:
         if self.max_files is None:
             return [sys.executable, "-m", "filexfer"]
-        return filexfer_with_file_limit(self.max_files)
+        return filexfer_with_file_limit(self.max_files, self.hard_max_files)
 
     def start(self, timeout: float = 20) -> Receiver:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -410,11 +411,13 @@ def closed_port() -> int:
     return port
 
 
-def filexfer_with_file_limit(limit: int) -> list[str]:
-    """``filexfer`` as a command that may open at most limit descriptors."""
+def filexfer_with_file_limit(limit: int, hard: int | None = None) -> list[str]:
+    """``filexfer`` as a command that may open at most limit descriptors,
+    or up to hard once it raises its own limit."""
+    hard = limit if hard is None else hard
     script = (
         "import resource, sys\n"
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {hard}))\n"
         "from filexfer.cli import main\n"
         "main(sys.argv[1:])\n"
     )

@@ -271,6 +271,48 @@ def test_two_senders_at_once_both_succeed(
     assert leftovers(pair.receiver.root) == []
 
 
+# -- the daemon's descriptor limit ---------------------------------------------
+
+
+def many_small_files(top: Path, count: int) -> None:
+    for number in range(count):
+        write(top / f"f{number:03d}.txt", f"{number}\n".encode())
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard"), [(64, None), (64, 4096)], ids=["fixed", "raisable"]
+)
+def test_a_daemon_with_few_descriptors_still_takes_every_file(
+    pair: Pair, tmp_path: Path, soft: int, hard: int | None
+) -> None:
+    """Each file waiting for its commit holds a descriptor.  A daemon
+    raises a low soft limit to its hard one; where it cannot, it commits
+    early rather than refuse files for want of descriptors."""
+    top = tmp_path / "src" / "many"
+    many_small_files(top, 300)
+    pair.receiver.stop()
+    limited = Receiver(
+        pair.receiver.home,
+        pair.receiver.root,
+        tmp_path / "limited.log",
+        max_files=soft,
+        hard_max_files=hard,
+    ).start()
+    try:
+        fingerprint = pair.receiver_fingerprint
+        limited_pair = Pair(pair.sender_home, limited, pair.tmp, fingerprint)
+        done = limited_pair.put("-r", top)
+    finally:
+        limited.stop()
+
+    assert_success(done, 300)
+    assert f"open_files={hard or soft}" in limited.log()
+    for number in (0, 150, 299):
+        arrived = limited_pair.area / "many" / f"f{number:03d}.txt"
+        assert arrived.read_bytes() == f"{number}\n".encode()
+    assert leftovers(pair.receiver.root) == []
+
+
 # -- C07: empty files -----------------------------------------------------------
 
 
