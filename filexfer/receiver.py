@@ -640,6 +640,8 @@ class ReceiveSession:
             incoming.received,
             printable(abort.reason),
         )
+        if incoming.discarding:
+            return  # failed here first (and reported): the abort only answers
         reason = f"{printable(incoming.offer.name)}: {printable(abort.reason)}"
         self.watcher.finished(incoming.offer, None, from_code(abort.code, reason))
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.helpers import (
     SAMPLE_DATA,
     Pair,
     Receiver,
+    base_env,
     cli,
     leftovers,
     random_file,
@@ -640,6 +642,38 @@ def test_get_of_files_the_daemon_cannot_open_is_not_a_success(
     assert done.returncode in (6, 7), done.stderr
     assert "cannot be sent" in done.stderr or "cannot read" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_local_write_failure_is_reported_with_its_cause(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A file this side cannot write (here too large for RLIMIT_FSIZE, as a
+    full disk would be) fails with that reason, not the sender's answer to
+    the refusal; the other file still arrives and nothing partial stays."""
+    (pair.area / "big.bin").write_bytes(os.urandom(24 << 20))
+    (pair.area / "small.txt").write_bytes(b"small\n")
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "from filexfer.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["get", "--fingerprint", pair.receiver_fingerprint, pair.receiver.address]
+    args += ["big.bin", "small.txt", "-o", str(tmp_path / "dl")]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 7, done.stderr
+    assert "'big.bin': cannot write (File too large)" in done.stderr
+    assert "stopped" not in done.stderr
+    assert (tmp_path / "dl" / "small.txt").read_bytes() == b"small\n"
+    assert sorted(os.listdir(tmp_path / "dl")) == ["small.txt"]
 
 
 def test_retried_get_keeps_what_arrived_when_the_last_attempt_fails() -> None:
