@@ -601,6 +601,14 @@ class ReceiveSession:
         if end.size != incoming.offer.size or end.digest != incoming.existing:
             self._digest_mismatch(incoming)
             return
+        offer = incoming.offer
+        if offer.overwrite:
+            # Asked to replace: the same bytes get the sender's mode and mtime.
+            try:
+                self.store.refresh(offer.name, offer.mode, offer.mtime_ns, end.digest)
+            except RefusedError as exc:
+                self._fail_current(incoming, exc)
+                return
         log.info(
             "event=transfer.unchanged session=%s key=%s path=%s bytes=%d",
             self.session_id,

@@ -424,17 +424,11 @@ class PartFile:
     def finish(self, mode: int, mtime_ns: int, digest: bytes | None = None) -> None:
         """Apply the offered mode (reduced) and mtime; remember the digest."""
         try:
-            os.fchmod(self.fd, mode & self.store.mode_mask)
-            os.utime(self.fd, ns=(mtime_ns, mtime_ns))
+            _set_metadata(self.fd, mode & self.store.mode_mask, mtime_ns)
         except OSError as exc:
             raise refusal_for(exc) from exc
-        if digest is None:
-            return
-        value = _DIGEST_VALUE.pack(digest, self.written, mtime_ns)
-        try:
-            os.setxattr(self.fd, DIGEST_ATTR, value)
-        except OSError:
-            pass  # only a cache for listings: a file system without it is fine
+        if digest is not None:
+            _remember_digest(self.fd, digest, self.written, mtime_ns)
 
     def sync(self) -> None:
         try:
@@ -815,6 +809,21 @@ class LocalStore:
             raise _not_found(name)
         return fd, info
 
+    def refresh(self, name: str, mode: int, mtime_ns: int, digest: bytes) -> None:
+        """Give a stored file found identical the offered mode and mtime.
+
+        Raises:
+            RefusedError: it is gone, or they cannot be set.
+        """
+        fd, info = self.open_file(name)
+        try:
+            _set_metadata(fd, mode & self.mode_mask, mtime_ns)
+            _remember_digest(fd, digest, info.st_size, mtime_ns)
+        except OSError as exc:
+            raise refusal_for(exc) from exc
+        finally:
+            os.close(fd)
+
     def remove_stale_parts(self) -> int:
         """Delete part files left by a crash; return how many went."""
         removed = 0
@@ -884,6 +893,20 @@ def _open_locked(dir_fd: int, name: str, create: bool) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _set_metadata(fd: int, mode: int, mtime_ns: int) -> None:
+    os.fchmod(fd, mode)
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def _remember_digest(fd: int, digest: bytes, size: int, mtime_ns: int) -> None:
+    """Keep the digest with the file, for listings; valid while size and
+    mtime stay."""
+    try:
+        os.setxattr(fd, DIGEST_ATTR, _DIGEST_VALUE.pack(digest, size, mtime_ns))
+    except OSError:
+        pass  # only a cache for listings: a file system without it is fine
 
 
 def digest_of(fd: int) -> bytes:

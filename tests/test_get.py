@@ -352,6 +352,38 @@ def test_backup_run_sends_only_the_changed_file(pair: Pair, dataset: Path) -> No
     assert sha256(pair.area / "sample_data/docs/notes.md") == sha256(changed)
 
 
+def test_overwrite_gives_an_unchanged_file_its_new_mode_and_mtime(
+    pair: Pair, dataset: Path
+) -> None:
+    """Only the metadata changed: the bytes are not sent again, but with
+    --overwrite the stored copy takes the new mode and mtime; without it,
+    the stored file is left as it is."""
+    pair.put("-r", dataset)
+    source = dataset / "docs" / "notes.md"
+    stored = pair.area / "sample_data" / "docs" / "notes.md"
+    os.chmod(source, 0o700)
+    os.utime(source, ns=(1_300_000_000_123_456_789,) * 2)
+
+    plain = pair.put("-r", dataset)
+    assert plain.returncode == 0, plain.stderr
+    assert stored.stat().st_mtime_ns != 1_300_000_000_123_456_789
+
+    replaced = pair.put("-r", "--overwrite", "--json", dataset)
+    assert replaced.returncode == 0, replaced.stderr
+    records = [json.loads(line) for line in replaced.stdout.splitlines()]
+    assert all(r["unchanged"] for r in records if r["type"] == "file")
+    assert stored.stat().st_mtime_ns == 1_300_000_000_123_456_789
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o700
+    # The digest kept for listings follows the new mtime.
+    listing = ls(pair, "--json", "sample_data/docs/notes.md")
+    [entry] = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert entry["mode"] == "0700"
+    if entry["digest"] is not None:  # where the file system keeps it
+        from blake3 import blake3
+
+        assert entry["digest"] == blake3(source.read_bytes()).hexdigest()
+
+
 def test_get_again_keeps_identical_local_files(
     pair: Pair, dataset: Path, tmp_path: Path
 ) -> None:
