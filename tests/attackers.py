@@ -241,6 +241,8 @@ class _Link:
             threading.Thread(target=self._pump, args=(C2S,), daemon=True),
             threading.Thread(target=self._pump, args=(S2C,), daemon=True),
         ]
+
+    def start(self) -> None:
         for thread in self.threads:
             thread.start()
 
@@ -394,7 +396,11 @@ class Proxy:
         with contextlib.suppress(OSError):
             while True:
                 client, _ = self.listener.accept()
-                self.links.append(_Link(self, client))
+                link = _Link(self, client)
+                # Listed before it pumps: a test that sees the sender end
+                # (a cut, say) then finds every connection in links.
+                self.links.append(link)
+                link.start()
 
     def wait_done(self, timeout: float = 30) -> None:
         """Wait until both pumps of every connection have finished."""
