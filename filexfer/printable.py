@@ -47,15 +47,21 @@ def printable(text: str) -> str:
     """
     if text.isprintable() and "\\" not in text and not any(ch in _BIDI for ch in text):
         return text
-    parts = []
-    for ch in text:
-        if ch == "\\":
-            parts.append("\\\\")
-        elif _is_unsafe(ch):
-            parts.append(_escape(ch))
-        else:
-            parts.append(ch)
-    return "".join(parts)
+    return "".join("\\\\" if ch == "\\" else _shown(ch) for ch in text)
+
+
+def printable_relayed(text: str) -> str:
+    """Like :func:`printable`, for a peer's message (a refusal reason).
+
+    An honest peer has already escaped the names in it with printable, so
+    backslashes are kept as they are and its escapes show once, not
+    doubled; anything unsafe is still escaped, whoever sent it.
+    """
+    return "".join(_shown(ch) for ch in text)
+
+
+def _shown(ch: str) -> str:
+    return _escape(ch) if _is_unsafe(ch) else ch
 
 
 def is_plain(text: str) -> bool:

@@ -60,7 +60,7 @@ from .errors import (
     RefusedError,
     from_code,
 )
-from .printable import printable
+from .printable import printable, printable_relayed
 from .session import Channel
 from .storage import (
     LocalStore,
@@ -646,11 +646,11 @@ class ReceiveSession:
             self.channel.peer_short,
             printable(incoming.offer.name),
             incoming.received,
-            printable(abort.reason),
+            printable_relayed(abort.reason),
         )
         if incoming.discarding:
             return  # failed here first (and reported): the abort only answers
-        reason = f"{printable(incoming.offer.name)}: {printable(abort.reason)}"
+        reason = f"{printable(incoming.offer.name)}: {printable_relayed(abort.reason)}"
         self.watcher.finished(incoming.offer, None, from_code(abort.code, reason))
 
     # -- commits --------------------------------------------------------

@@ -58,7 +58,7 @@ from .errors import (
     from_code,
     os_reason,
 )
-from .printable import printable
+from .printable import printable, printable_relayed
 from .session import Channel
 from .storage import check_name, is_part_name
 
@@ -626,7 +626,8 @@ class _Job:
             return result
         outcome = self.replies.outcomes.get(opened.file_id)
         if isinstance(outcome, msgs.Reject):
-            name, reason = printable(opened.source.name), printable(outcome.reason)
+            name = printable(opened.source.name)
+            reason = printable_relayed(outcome.reason)
             result.error = from_code(
                 outcome.code, f"receiver refused {name!r}: {reason}"
             )

@@ -51,7 +51,7 @@ from .errors import (
 )
 from .keys import Identity, fingerprint, short_fingerprint
 from .noise import HandshakeState, NoiseError
-from .printable import printable
+from .printable import printable_relayed
 from .records import (
     HEADER_LEN,
     MAX_PLAINTEXT,
@@ -340,7 +340,7 @@ class Channel:
             size = self._opener.open_into(bytes(header), body, plain)
             message = msgs.decode(plain[:size])
         if isinstance(message, msgs.Error):
-            reason = printable(message.reason)
+            reason = printable_relayed(message.reason)
             raise from_code(message.code, f"{self.peer_role}: {reason}")
         return message
 

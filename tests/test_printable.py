@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from filexfer.printable import printable
+from filexfer.printable import printable, printable_relayed
 
 ESCAPED = {
     "escape sequence": ("a\x1b[2Jb", "a\\x1b[2Jb"),
@@ -84,3 +84,14 @@ def test_printable_output_is_one_line() -> None:
     shown = printable("line one\nline two\r\n\u2028\u0085\x0b\x0c")
 
     assert len(shown.splitlines()) == 1
+
+
+def test_a_peers_escapes_show_once_and_nothing_unsafe_gets_through() -> None:
+    """A reason the peer escaped (naming its file) keeps its backslashes;
+    whatever it failed to escape is escaped here."""
+    reason = f"'{printable('odd/nl' + chr(10) + 'name')}' cannot be sent"
+
+    assert printable_relayed(reason) == "'odd/nl\\nname' cannot be sent"
+    everything = "".join(chr(code) for code in range(0x10000))
+    assert not any(is_unsafe(ch) for ch in printable_relayed(everything))
+    assert len(printable_relayed("a\nb\r\u2028c").splitlines()) == 1
