@@ -320,7 +320,7 @@ class Server:
                 "event=session.refused session=%s peer=%s reason=busy", session_id, peer
             )
             with contextlib.suppress(FilexferError):
-                channel.send(msgs.Error(Code.BUSY, "receiver busy"))
+                channel.send(msgs.Error(Code.BUSY, "all sessions in use"))
             _drain_and_close(channel.sock)
             return
         try:

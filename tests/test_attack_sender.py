@@ -624,7 +624,7 @@ def test_session_limit_refuses_with_a_clear_message(tmp_path: Path) -> None:
 
         assert busy.returncode == 3, busy.stderr
         lines = busy.stderr.splitlines()
-        assert lines[0] == "filexfer: error: receiver: receiver busy"
+        assert lines[0] == "filexfer: error: receiver: all sessions in use"
         assert lines[1].startswith("filexfer: hint: the receiver is at its session")
         assert len(lines) == 2
         assert again.returncode == 0, again.stderr

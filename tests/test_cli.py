@@ -621,7 +621,7 @@ def test_put_busy_receiver_fails_every_file_with_a_hint(
         holder.send(msgs.Close())
         holder.close()
 
-    assert_every_file_failed(done, sources, 3, "receiver busy")
+    assert_every_file_failed(done, sources, 3, "receiver: all sessions in use")
     assert "try again later" in done.stderr.splitlines()[-1]
     pair.receiver.wait_for_log(r"reason=busy")
     assert nothing_arrived(pair.receiver)
