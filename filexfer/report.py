@@ -190,7 +190,7 @@ def json_line(result: FileResult) -> str:
         "path": result.path,
         "status": "ok" if result.ok else "failed",
         "bytes": result.size,
-        "digest": result.digest,
+        "digest": None if result.directory else result.digest,
         "digest_algorithm": "blake3",
         "seconds": round(result.seconds, 6),
         "type": "directory" if result.directory else "file",

@@ -326,6 +326,8 @@ def test_second_backup_run_sends_nothing_and_exits_0(pair: Pair, dataset: Path) 
     assert files and all(r["unchanged"] for r in files)
     folders = [r for r in records if r["type"] == "directory"]
     assert folders and all(r["unchanged"] for r in folders)
+    assert all(r["digest"] is None for r in folders)  # a folder has none
+    assert all(r["digest"] for r in files)
     log = pair.receiver.log()
     assert log.count("event=transfer.unchanged") == len(files)
     plain = pair.put("-r", dataset)
