@@ -63,6 +63,7 @@ from .errors import (
 from .printable import printable, printable_relayed
 from .session import Channel
 from .storage import (
+    FileVersion,
     LocalStore,
     PartFile,
     Placement,
@@ -107,6 +108,7 @@ class _Incoming:
     # The digest of the identical-looking file already under the name, when
     # the sender was asked to check it instead of sending.
     existing: bytes | None = None
+    existing_version: FileVersion | None = None  # of the file hashed
     held: int = 0  # bytes a resumed part already had
 
 
@@ -412,7 +414,8 @@ class ReceiveSession:
             RefusedError: it cannot be read (its name is then not usable).
         """
         try:
-            fd, _ = self._with_files(self.store.open_file, incoming.offer.name)
+            fd, info = self._with_files(self.store.open_file, incoming.offer.name)
+            incoming.existing_version = FileVersion.of(info)
             return digest_of(fd)
         except OSError as exc:
             self.store.release(incoming.placement)
@@ -604,8 +607,12 @@ class ReceiveSession:
         offer = incoming.offer
         if offer.overwrite:
             # Asked to replace: the same bytes get the sender's mode and mtime.
+            assert incoming.existing_version is not None
+            metadata = (offer.mode, offer.mtime_ns, end.digest)
             try:
-                self.store.refresh(offer.name, offer.mode, offer.mtime_ns, end.digest)
+                self._with_files(
+                    self.store.refresh, offer.name, incoming.existing_version, metadata
+                )
             except RefusedError as exc:
                 self._fail_current(incoming, exc)
                 return

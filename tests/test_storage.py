@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from filexfer.storage import (
     PART_PREFIX,
     PART_SUFFIX,
     WRITEBACK_STEP,
+    FileVersion,
     LocalStore,
     NameLimits,
     PartFile,
@@ -638,21 +640,27 @@ def test_one_file_in_new_directories_syncs_every_new_name(
         assert identity(directory) in synced, directory
 
 
-def test_new_directory_names_are_synced_once(
-    store: LocalStore, root: Path, synced: list[tuple[int, int]]
+def test_a_folder_another_session_made_is_synced_before_a_file_in_it(
+    root: Path, synced: list[tuple[int, int]]
 ) -> None:
-    first = write_part(store, "a/b/one.bin", b"1")
-    first.commit()
-    store.sync_dirs([first])
-    synced.clear()
+    """Another session made a/b and has not synced it yet (it is still
+    streaming its own file there); a file stored here below it must not be
+    confirmed before the names a and b are durable."""
+    other, mine = LocalStore(root, min_free=0), LocalStore(root, min_free=0)
+    try:
+        theirs = other.open_part(other.reserve("a/b/theirs.bin", 1, False))
+        synced.clear()
 
-    second = write_part(store, "a/b/two.bin", b"2")
-    second.commit()
-    store.sync_dirs([second])
+        part = write_part(mine, "a/b/mine.bin", b"2")
+        part.commit()
+        mine.sync_dirs([part])
 
-    assert synced.count(identity(root / "a" / "b")) == 1
-    assert identity(root) not in synced
-    assert identity(root / "a") not in synced
+        for directory in (root, root / "a", root / "a" / "b"):
+            assert identity(directory) in synced, directory
+        theirs.abort()
+    finally:
+        other.close()
+        mine.close()
 
 
 def test_new_directories_of_a_failed_file_are_synced_with_the_next(
@@ -691,9 +699,11 @@ def test_make_directories_creates_and_syncs_each_level(
     for directory in (tmp_path, tmp_path / "p", tmp_path / "p" / "q"):
         assert identity(directory) in synced, directory
 
+    # Already there, perhaps made meanwhile by another process that has
+    # not synced it yet: its name is synced again (once, cheaply).
     synced.clear()
     make_directories(target, 0o700)
-    assert synced == []
+    assert synced == [identity(tmp_path / "p" / "q")]
 
 
 def test_make_directories_refuses_a_file_in_the_way(tmp_path: Path) -> None:
@@ -742,3 +752,48 @@ def test_make_directories_where_nothing_can_be_made_fails_once(
 
     with pytest.raises(FileNotFoundError):
         make_directories(Path("new") / "deeper")
+
+
+def test_make_directories_goes_as_deep_as_the_system_allows(tmp_path: Path) -> None:
+    """No recursion limit: a path of 1,100 levels is made or refused by the
+    file system, never by Python."""
+    deep = tmp_path.joinpath(*["d"] * 1100)
+    try:
+        make_directories(deep)
+    except OSError as exc:  # a path longer than PATH_MAX
+        assert exc.errno == errno.ENAMETOOLONG
+    else:
+        assert deep.is_dir()
+
+
+def test_make_directories_without_parents_needs_them(tmp_path: Path) -> None:
+    """An area is made only inside an existing --dir: one deleted while the
+    daemon runs is not quietly rebuilt, maybe on another file system."""
+    with pytest.raises(FileNotFoundError):
+        make_directories(tmp_path / "gone" / "area", 0o700, parents=False)
+    assert not (tmp_path / "gone").exists()
+
+
+def test_refresh_touches_only_the_version_that_was_hashed(
+    store: LocalStore, root: Path, synced: list[tuple[int, int]]
+) -> None:
+    """An identical file takes the offered mode and mtime, synced; one
+    replaced or changed since it was hashed is left alone."""
+    store_file(store, "f.bin", b"same bytes")
+    version = FileVersion.of(os.stat(root / "f.bin"))
+
+    store.refresh("f.bin", version, (0o700, 1_000_000_000_000_000_001, bytes(32)))
+    info = os.stat(root / "f.bin")
+    assert (stat.S_IMODE(info.st_mode), info.st_mtime_ns) == (
+        0o700,
+        1_000_000_000_000_000_001,
+    )
+    assert identity(root / "f.bin") in synced
+
+    hashed = FileVersion.of(info)
+    (root / "new.bin").write_bytes(b"other")
+    os.replace(root / "new.bin", root / "f.bin")  # another session's commit
+    with pytest.raises(RefusedError, match="changed on the receiver"):
+        store.refresh("f.bin", hashed, (0o755, 5, bytes(32)))
+    assert stat.S_IMODE(os.stat(root / "f.bin").st_mode) != 0o755
+    assert os.stat(root / "f.bin").st_mtime_ns != 5
