@@ -101,6 +101,12 @@ def _run_job(channel: Channel, store: LocalStore, grant: Grant, session_id: str)
     return session.committed
 
 
+# A session that finds no descriptor free to open its area waits up to
+# AREA_ATTEMPTS x AREA_PAUSE for other sessions to free some.
+AREA_ATTEMPTS = 50
+AREA_PAUSE = 0.02
+_NO_FILES = (errno.EMFILE, errno.ENFILE)
+
 # Descriptors one session may hold at once: its socket, a batch of part
 # files waiting for their commit, and the directories they lie in.
 FILES_PER_SESSION = 160
@@ -349,7 +355,7 @@ class Server:
             return self.config.root
         area = self.config.root / (grant.area or area_for(grant.key))
         try:
-            make_directories(area, 0o700)
+            make_directories(area, 0o700, parents=False)  # --dir may be gone
         except OSError as exc:
             why = f"cannot create area {area}: {exc.strerror}"
             raise RefusedError(why, Code.IO_ERROR) from exc
@@ -365,14 +371,18 @@ class Server:
         grant = self.grants.get(key)
         if grant is None:
             raise TrustError("sender key is no longer authorized")
-        area = self._area(grant)
         mask = KEEP_MODES_MASK if self.config.keep_modes else MODE_MASK
-        try:
-            store = LocalStore(area, self.config.limits, self.config.min_free, mask)
-        except OSError as exc:
-            why = f"cannot open area {area}: {exc.strerror}"
-            raise RefusedError(why, Code.IO_ERROR) from exc
-        return grant, area, store
+        for attempt in range(AREA_ATTEMPTS):
+            area = self._area(grant)
+            try:
+                store = LocalStore(area, self.config.limits, self.config.min_free, mask)
+                return grant, area, store
+            except OSError as exc:
+                if exc.errno not in _NO_FILES or attempt == AREA_ATTEMPTS - 1:
+                    why = f"cannot open area {area}: {exc.strerror}"
+                    raise RefusedError(why, Code.IO_ERROR) from exc
+            time.sleep(AREA_PAUSE)  # out of descriptors: other sessions free some
+        raise AssertionError("unreachable")
 
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
         key = short_fingerprint(channel.peer_key)
