@@ -346,6 +346,7 @@ class Server:
             TrustError: the receiver is --shared but the key's line, added
                 since the start, gives it an area of its own, which the
                 shared area would contain.
+            OSError: it cannot be created (--dir is gone, say).
         """
         if self.config.shared and grant.area is not None:
             raise TrustError(
@@ -354,11 +355,7 @@ class Server:
         if self.config.shared:
             return self.config.root
         area = self.config.root / (grant.area or area_for(grant.key))
-        try:
-            make_directories(area, 0o700, parents=False)  # --dir may be gone
-        except OSError as exc:
-            why = f"cannot create area {area}: {exc.strerror}"
-            raise RefusedError(why, Code.IO_ERROR) from exc
+        make_directories(area, 0o700, parents=False)  # --dir may be gone
         return area
 
     def _open_area(self, key: bytes) -> tuple[Grant, Path, LocalStore]:
@@ -373,13 +370,13 @@ class Server:
             raise TrustError("sender key is no longer authorized")
         mask = KEEP_MODES_MASK if self.config.keep_modes else MODE_MASK
         for attempt in range(AREA_ATTEMPTS):
-            area = self._area(grant)
             try:
+                area = self._area(grant)
                 store = LocalStore(area, self.config.limits, self.config.min_free, mask)
                 return grant, area, store
             except OSError as exc:
                 if exc.errno not in _NO_FILES or attempt == AREA_ATTEMPTS - 1:
-                    why = f"cannot open area {area}: {exc.strerror}"
+                    why = f"cannot open area {exc.filename}: {exc.strerror}"
                     raise RefusedError(why, Code.IO_ERROR) from exc
             time.sleep(AREA_PAUSE)  # out of descriptors: other sessions free some
         raise AssertionError("unreachable")

@@ -824,20 +824,18 @@ class LocalStore:
 
         metadata is (mode, mtime_ns, digest).  Only the version of the file
         that was hashed is touched, and the change is synced: the sender
-        is told it is done once this returns.
+        is told it is done once this returns.  A file replaced or changed
+        since is left alone: another session's copy, committed later,
+        stands, as it would had this one been sent.
 
         Raises:
-            RefusedError: the file is gone or was replaced or changed since
-                it was hashed, or the metadata cannot be set.
+            RefusedError: the file is gone, or the metadata cannot be set.
         """
         mode, mtime_ns, digest = metadata
         fd, info = self.open_file(name)
         try:
             if FileVersion.of(info) != version:
-                raise RefusedError(
-                    "changed on the receiver while being compared; run again",
-                    Code.IO_ERROR,
-                )
+                return
             _set_metadata(fd, mode & self.mode_mask, mtime_ns)
             _remember_digest(fd, digest, info.st_size, mtime_ns)
             os.fsync(fd)
