@@ -235,6 +235,7 @@ class _Link:
         self.proxy = proxy
         self.client = client
         self.server = socket.create_connection((LOOPBACK, proxy.target_port))
+        self.tamper = proxy.tamper  # the one in force when it was accepted
         self.capture = Capture()
         self.cut = threading.Event()
         self.threads = [
@@ -252,7 +253,7 @@ class _Link:
             if direction == C2S
             else (self.server, self.client)
         )
-        tamper = self.proxy.tamper if self.proxy.tamper.direction == direction else None
+        tamper = self.tamper if self.tamper.direction == direction else None
         out = _Output(self, dst, tamper)
         splitter = UnitSplitter(direction)
         record = self.capture.c2s if direction == C2S else self.capture.s2c
@@ -372,6 +373,7 @@ class Proxy:
         self.target_port = target_port
         self.tamper = tamper or Tamper()
         self.links: list[_Link] = []
+        self._starting = threading.Lock()
         self.holding = threading.Event()
         self.released = threading.Event()
         self.listener = socket.create_server((LOOPBACK, 0))
@@ -396,16 +398,19 @@ class Proxy:
         with contextlib.suppress(OSError):
             while True:
                 client, _ = self.listener.accept()
-                link = _Link(self, client)
-                # Listed before it pumps: a test that sees the sender end
-                # (a cut, say) then finds every connection in links.
-                self.links.append(link)
-                link.start()
+                # Listed and started in one step: a test that sees the
+                # sender end (a cut, say) then finds every connection.
+                with self._starting:
+                    link = _Link(self, client)
+                    self.links.append(link)
+                    link.start()
 
     def wait_done(self, timeout: float = 30) -> None:
         """Wait until both pumps of every connection have finished."""
         deadline = time.monotonic() + timeout
-        for link in self.links:
+        with self._starting:
+            links = list(self.links)
+        for link in links:
             for thread in link.threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
