@@ -512,11 +512,23 @@ class ReceiveSession:
             except RefusedError as exc:
                 if attempt == OPEN_ATTEMPTS - 1 or not _out_of_descriptors(exc):
                     raise
-            if self.batch:
-                self._flush()
-            else:
+            if not self._free_files() or attempt:
                 time.sleep(OPEN_PAUSE)  # other sessions are committing theirs
         raise AssertionError("unreachable")
+
+    def _free_files(self) -> bool:
+        """Give descriptors back: commit the batch, close cached folders.
+
+        Folders are closed only when no part file (which uses its folder's
+        descriptor) is open.  Returns whether anything was given back.
+        """
+        freed = bool(self.batch)
+        if self.batch:
+            self._flush()
+        if self.store.open_dirs and not any(item.part for item in self.queue):
+            self.store.close_dirs()
+            freed = True
+        return freed
 
     @staticmethod
     def _start_writing(incoming: _Incoming) -> None:

@@ -530,6 +530,11 @@ class LocalStore:
         self.close_dirs()
         os.close(self._root_fd)
 
+    @property
+    def open_dirs(self) -> int:
+        """How many directory descriptors the store keeps open."""
+        return len(self._dirs)
+
     def close_dirs(self) -> None:
         for fd in self._dirs.values():
             os.close(fd)
@@ -762,7 +767,9 @@ class LocalStore:
             dir_fd = self._walk(parts[:-1], create=False)
             info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
         except OSError as exc:
-            raise _not_found(name) from exc
+            # Out of descriptors (say) is not "not found": the caller may
+            # retry, and the peer must not be told the file is missing.
+            raise _not_found(name) if _gone(exc) else _unreadable(name, exc) from exc
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
             raise _not_found(name)
         return dir_fd, parts[-1], info

@@ -313,6 +313,45 @@ def test_a_daemon_with_few_descriptors_still_takes_every_file(
     assert leftovers(pair.receiver.root) == []
 
 
+def test_sessions_in_many_folders_share_few_descriptors(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """Sessions also keep their folders open; under a limit of 64, four
+    at once storing a tree of 40 folders, then sending it again unchanged
+    with --overwrite (which opens every stored file to compare it), give
+    descriptors back to each other: no file refused, none called missing."""
+    top = tmp_path / "src" / "tree"
+    for folder in range(40):
+        many_small_files(top / f"d{folder:02d}", 5)
+    pair.receiver.stop()
+    limited = Receiver(
+        pair.receiver.home, pair.receiver.root, tmp_path / "limited.log", max_files=64
+    ).start()
+    fingerprint = pair.receiver_fingerprint
+    limited_pair = Pair(pair.sender_home, limited, pair.tmp, fingerprint)
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def send() -> None:
+        results.append(limited_pair.put("-r", "--overwrite", top))
+
+    try:
+        for _ in range(2):
+            threads = [threading.Thread(target=send) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+    finally:
+        limited.stop()
+
+    assert len(results) == 8
+    for done in results:
+        assert done.returncode == 0, done.stderr
+    assert "no such file" not in limited.log()
+    arrived = limited_pair.area / "tree" / "d39" / "f004.txt"
+    assert arrived.read_bytes() == b"4\n"
+
+
 # -- C07: empty files -----------------------------------------------------------
 
 
