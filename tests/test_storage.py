@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -764,6 +765,14 @@ def test_make_directories_goes_as_deep_as_the_system_allows(tmp_path: Path) -> N
         assert exc.errno == errno.ENAMETOOLONG
     else:
         assert deep.is_dir()
+    finally:
+        # Removed here, deepest first: shutil.rmtree, which pytest uses to
+        # clear old temp dirs, recurses and cannot go this deep.
+        level = deep
+        while level != tmp_path:
+            with contextlib.suppress(FileNotFoundError):
+                level.rmdir()
+            level = level.parent
 
 
 def test_make_directories_without_parents_needs_them(tmp_path: Path) -> None:
