@@ -38,7 +38,6 @@ ever partial.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import os
 import queue
@@ -69,6 +68,7 @@ from .storage import (
     Placement,
     aligned_buffer,
     digest_of,
+    out_of_files,
     refusal_for,
 )
 
@@ -77,13 +77,13 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 BATCH_FILES = 128
-# Out of descriptors, a session commits its own batch, then waits up to
-# OPEN_ATTEMPTS x OPEN_PAUSE for other sessions' commits before it
-# refuses a file.
-OPEN_ATTEMPTS = 50
-OPEN_PAUSE = 0.02
 BATCH_BYTES = 256 << 20
 BATCH_SECONDS = 1.0
+# Out of descriptors, a session gives back what it holds, then waits up
+# to OPEN_ATTEMPTS x OPEN_PAUSE for other sessions to do the same before
+# it refuses a file (or, in the daemon, a whole session's area).
+OPEN_ATTEMPTS = 50
+OPEN_PAUSE = 0.02
 # An honest sender keeps at most sender.OFFER_WINDOW (64) offers ahead of
 # the file it streams; far more is a flood, and every pending offer costs
 # memory here.
@@ -223,11 +223,6 @@ class _WriteBehind:
         assert incoming.hasher is not None
         incoming.hasher.update(payload)
         _write_chunk(incoming, payload)
-
-
-def _out_of_descriptors(exc: RefusedError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE)
 
 
 def _write_chunk(incoming: _Incoming, payload: memoryview) -> None:
@@ -510,7 +505,7 @@ class ReceiveSession:
             try:
                 return step(*args, **kwargs)
             except RefusedError as exc:
-                if attempt == OPEN_ATTEMPTS - 1 or not _out_of_descriptors(exc):
+                if attempt == OPEN_ATTEMPTS - 1 or not out_of_files(exc):
                     raise
             if not self._free_files() or attempt:
                 time.sleep(OPEN_PAUSE)  # other sessions are committing theirs

@@ -43,7 +43,7 @@ from .keys import (
     sender_grants,
     short_fingerprint,
 )
-from .receiver import ReceiveSession
+from .receiver import OPEN_ATTEMPTS, OPEN_PAUSE, ReceiveSession
 from .records import MAX_PLAINTEXT
 from .session import Channel, Timeouts, accept
 from .storage import (
@@ -53,6 +53,7 @@ from .storage import (
     NameLimits,
     load_libc,
     make_directories,
+    out_of_files,
 )
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,6 @@ def _run_job(channel: Channel, store: LocalStore, grant: Grant, session_id: str)
     session.run(first)
     return session.committed
 
-
-# A session that finds no descriptor free to open its area waits up to
-# AREA_ATTEMPTS x AREA_PAUSE for other sessions to free some.
-AREA_ATTEMPTS = 50
-AREA_PAUSE = 0.02
-_NO_FILES = (errno.EMFILE, errno.ENFILE)
 
 # Descriptors one session may hold at once: its socket, a batch of part
 # files waiting for their commit, and the directories they lie in.
@@ -369,16 +364,16 @@ class Server:
         if grant is None:
             raise TrustError("sender key is no longer authorized")
         mask = KEEP_MODES_MASK if self.config.keep_modes else MODE_MASK
-        for attempt in range(AREA_ATTEMPTS):
+        for attempt in range(OPEN_ATTEMPTS):
             try:
                 area = self._area(grant)
                 store = LocalStore(area, self.config.limits, self.config.min_free, mask)
                 return grant, area, store
             except OSError as exc:
-                if exc.errno not in _NO_FILES or attempt == AREA_ATTEMPTS - 1:
+                if not out_of_files(exc) or attempt == OPEN_ATTEMPTS - 1:
                     why = f"cannot open area {exc.filename}: {exc.strerror}"
                     raise RefusedError(why, Code.IO_ERROR) from exc
-            time.sleep(AREA_PAUSE)  # out of descriptors: other sessions free some
+            time.sleep(OPEN_PAUSE)  # out of descriptors: other sessions free some
         raise AssertionError("unreachable")
 
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:

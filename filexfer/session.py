@@ -251,6 +251,9 @@ class Channel:
         1,024 bytes): an offer of a long name would then fail its record
         check there, and look like tampering.
         """
+        name = getattr(message, "name", "")
+        if 4 * len(name) + REASON_OVERHEAD <= self.max_out:
+            return None  # fits whatever the name's UTF-8: no need to encode
         if len(msgs.encode(message)) <= self.max_out:
             return None
         return (

@@ -190,6 +190,12 @@ def _libc(name: str) -> Callable[..., int] | None:
     return found
 
 
+def out_of_files(exc: BaseException) -> bool:
+    """Whether exc (or the OSError behind a refusal) is a lack of descriptors."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE)
+
+
 def load_libc() -> None:
     """Look the libc functions up now, not on first use.
 
