@@ -32,6 +32,7 @@ from .config import load as load_config
 from .errors import (
     ConnectError,
     FilexferError,
+    InterruptError,
     TrustError,
     UsageError,
     os_reason,
@@ -470,5 +471,14 @@ def with_retries(
                 f"{wait:g} s ({number + 1} of {remote.retries})",
                 err=True,
             )
-        time.sleep(wait)
+        try:
+            time.sleep(wait)
+        except KeyboardInterrupt:
+            # Stopped between attempts: what arrived stays reported as
+            # such, and every other file fails with the interruption.
+            interrupted = InterruptError()
+            for result in merged.values():
+                if not result.ok:
+                    result.error = interrupted
+            return list(merged.values()), interrupted
     raise AssertionError("unreachable")

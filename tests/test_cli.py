@@ -32,10 +32,12 @@ from tests.helpers import (
     Receiver,
     SwitchingProxy,
     authorize_sender,
+    base_env,
     cli,
     cli_answering,
     cli_on_terminal,
     closed_port,
+    filexfer_command,
     identity_fingerprint,
     new_identity,
     random_file,
@@ -282,6 +284,33 @@ def test_put_nothing_listening_exits_3(sender_home: Path, source: Path) -> None:
     done = cli(["put", "--accept-new", source, f"127.0.0.1:{port}"], sender_home)
 
     assert_one_error(done, 3, f"cannot connect to 127.0.0.1:{port}")
+
+
+def test_sigterm_while_waiting_to_retry_still_reports_every_file(
+    sender_home: Path, source: Path
+) -> None:
+    """Stopped between attempts, a --json job still ends with one object
+    per file, 130 and one error line."""
+    port = closed_port()
+    options = ["--json", "--retry", "5", "--accept-new"]
+    process = subprocess.Popen(
+        filexfer_command("put", *options, source, f"127.0.0.1:{port}"),
+        env=base_env(sender_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    warning = process.stderr.readline()  # the first attempt failed
+    assert "retrying in 1 s" in warning
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 130
+    [record] = [json.loads(line) for line in stdout.splitlines()]
+    assert (record["status"], record["exit_code"]) == ("failed", 130)
+    assert stderr == "filexfer: error: interrupted; copy not completed\n"
 
 
 USAGE_ERRORS = {
