@@ -29,7 +29,14 @@ from .errors import Code, FilexferError, ProtocolError, RefusedError
 from .printable import printable
 from .sender import Source, send_files
 from .session import Channel
-from .storage import LocalStore, StoredEntry, check_name, names_overlap
+from .storage import (
+    LocalStore,
+    StoredEntry,
+    check_name,
+    names_overlap,
+    out_of_files,
+    wait_for_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +152,8 @@ def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
                 f"'{printable(request.name)}' asked for twice", Code.DUPLICATE
             )
         seen.add(request.name)
-        if store.is_directory(request.name) and not request.recursive:
+        is_directory = functools.partial(store.is_directory, request.name)
+        if wait_for_files(is_directory) and not request.recursive:
             raise RefusedError(
                 f"'{printable(request.name)}' is a directory (use -r)",
                 Code.NOT_REGULAR,
@@ -156,7 +164,7 @@ def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
 
 def _tree(store: LocalStore, name: str) -> list[Source]:
     entries = list(store.entries(name, recursive=True))
-    if not entries and store.is_directory(name):
+    if not entries and wait_for_files(functools.partial(store.is_directory, name)):
         # An empty directory asked for by name is created, empty, there.
         return [Source(os.path.join(store.root, name), name, directory=True)]
     parents = {entry.name.rpartition("/")[0] for entry in entries}
@@ -193,4 +201,12 @@ def _check_sendable(entry: StoredEntry) -> None:
 
 
 def _open_stored(store: LocalStore, name: str) -> int:
+    try:
+        return store.open_file(name)[0]
+    except RefusedError as exc:
+        if not out_of_files(exc):
+            raise
+    # The folders the store keeps open are only a shortcut here: a
+    # download has no part file that needs them.
+    store.close_dirs()
     return store.open_file(name)[0]

@@ -62,6 +62,8 @@ from .errors import (
 from .printable import printable, printable_relayed
 from .session import Channel
 from .storage import (
+    OPEN_ATTEMPTS,
+    OPEN_PAUSE,
     FileVersion,
     LocalStore,
     PartFile,
@@ -79,11 +81,6 @@ _T = TypeVar("_T")
 BATCH_FILES = 128
 BATCH_BYTES = 256 << 20
 BATCH_SECONDS = 1.0
-# Out of descriptors, a session gives back what it holds, then waits up
-# to OPEN_ATTEMPTS x OPEN_PAUSE for other sessions to do the same before
-# it refuses a file (or, in the daemon, a whole session's area).
-OPEN_ATTEMPTS = 50
-OPEN_PAUSE = 0.02
 # An honest sender keeps at most sender.OFFER_WINDOW (64) offers ahead of
 # the file it streams; far more is a flood, and every pending offer costs
 # memory here.

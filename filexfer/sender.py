@@ -60,7 +60,13 @@ from .errors import (
 )
 from .printable import printable, printable_relayed
 from .session import Channel
-from .storage import check_name, is_part_name
+from .storage import (
+    OPEN_ATTEMPTS,
+    OPEN_PAUSE,
+    check_name,
+    is_part_name,
+    out_of_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +424,9 @@ class _Job:
             self._next_source < len(self.sources)
             and len(self.offered) - position < OFFER_WINDOW
         ):
-            opened = self._open(self.sources[self._next_source])
+            opened = self._open_when_free(self.sources[self._next_source], position)
+            if opened is None:
+                return  # the window shrinks until its files give theirs back
             # From here the source has its result: a local failure, or an
             # offered file that is settled even if sending the offer fails.
             self._next_source += 1
@@ -428,7 +436,24 @@ class _Job:
             self.offered.append(opened)
             self._offer(opened)
 
-    def _open(self, source: Source) -> _Opened | FileResult:
+    def _open_when_free(
+        self, source: Source, position: int
+    ) -> _Opened | FileResult | None:
+        """Open source, or None while the window holds every free descriptor.
+
+        Each file offered ahead keeps its source open until it is sent, so
+        under a low limit on open files the window is as wide as the limit
+        allows.  With no file of its own open, this side waits a moment for
+        other processes (the daemon's other sessions) to free some.
+        """
+        for _ in range(OPEN_ATTEMPTS):
+            opened = self._open(source, last_try=False)
+            if opened is not None or len(self.offered) > position:
+                return opened
+            time.sleep(OPEN_PAUSE)
+        return self._open(source, last_try=True)
+
+    def _open(self, source: Source, last_try: bool) -> _Opened | FileResult | None:
         handle = None
         try:
             if source.directory:
@@ -437,6 +462,8 @@ class _Job:
                 handle = _open_source(source)
                 info = os.fstat(handle.fileno())
         except (OSError, RefusedError) as exc:
+            if not last_try and out_of_files(exc):
+                return None
             why = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
             if self.strict:
                 # The daemon serving get: the other side must hear of it,

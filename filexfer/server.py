@@ -43,12 +43,14 @@ from .keys import (
     sender_grants,
     short_fingerprint,
 )
-from .receiver import OPEN_ATTEMPTS, OPEN_PAUSE, ReceiveSession
+from .receiver import ReceiveSession
 from .records import MAX_PLAINTEXT
 from .session import Channel, Timeouts, accept
 from .storage import (
     KEEP_MODES_MASK,
     MODE_MASK,
+    OPEN_ATTEMPTS,
+    OPEN_PAUSE,
     LocalStore,
     NameLimits,
     load_libc,

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from blake3 import blake3
 
@@ -55,6 +55,8 @@ from .errors import Code, RefusedError
 from .printable import printable
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 PART_PREFIX = ".filexfer-"
 PART_SUFFIX = ".part"
@@ -190,10 +192,33 @@ def _libc(name: str) -> Callable[..., int] | None:
     return found
 
 
+# Out of descriptors, a session gives back what it holds, then waits up
+# to OPEN_ATTEMPTS x OPEN_PAUSE for other sessions to do the same before
+# it refuses a file (or, in the daemon, a whole session's area).
+OPEN_ATTEMPTS = 50
+OPEN_PAUSE = 0.02
+
+
 def out_of_files(exc: BaseException) -> bool:
     """Whether exc (or the OSError behind a refusal) is a lack of descriptors."""
     cause = exc if isinstance(exc, OSError) else exc.__cause__
     return isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def wait_for_files(step: Callable[[], _T]) -> _T:
+    """Run step; out of descriptors, try again while others may free some.
+
+    For the daemon's reading sessions (listings and downloads), which
+    hold few descriptors of their own and wait for other sessions'.
+    """
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return step()
+        except (OSError, RefusedError) as exc:
+            if attempt == OPEN_ATTEMPTS - 1 or not out_of_files(exc):
+                raise
+        time.sleep(OPEN_PAUSE)
+    raise AssertionError("unreachable")
 
 
 def load_libc() -> None:
@@ -797,13 +822,12 @@ class LocalStore:
         Raises:
             RefusedError: name does not exist (NOT_FOUND) or is bad.
         """
-        dir_fd, last, info = self._find(name)
+        dir_fd, last, info = wait_for_files(functools.partial(self._find, name))
         if not stat.S_ISDIR(info.st_mode):
             yield _entry(name, info, _stored_digest(dir_fd, last, info))
             return
         try:
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-            fd = os.open(last, flags, dir_fd=dir_fd)
+            fd = _open_directory(last, dir_fd)
         except OSError as exc:  # replaced or removed meanwhile, or unreadable
             raise _not_found(name) if _gone(exc) else _unreadable(name, exc) from exc
         try:
@@ -972,7 +996,7 @@ def _walk_entries(top_fd: int, top: str, recursive: bool) -> Iterator[StoredEntr
     the least memory a sorted listing can take).
     """
     try:
-        names = sorted(os.listdir(top_fd))
+        names = sorted(wait_for_files(functools.partial(os.listdir, top_fd)))
     except OSError as exc:
         raise _unreadable(top or ".", exc) from exc
     for last in names:
@@ -993,9 +1017,7 @@ def _walk_entries(top_fd: int, top: str, recursive: bool) -> Iterator[StoredEntr
 
 def _walk_below(parent_fd: int, last: str, name: str) -> Iterator[StoredEntry]:
     try:
-        fd = os.open(
-            last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd
-        )
+        fd = _open_directory(last, parent_fd)
     except OSError as exc:
         if _gone(exc):
             return  # replaced or removed meanwhile: not part of the listing
@@ -1006,10 +1028,17 @@ def _walk_below(parent_fd: int, last: str, name: str) -> Iterator[StoredEntry]:
         os.close(fd)
 
 
+def _open_directory(last: str, dir_fd: int) -> int:
+    """Open a listed directory below dir_fd, never through a symlink."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    return wait_for_files(functools.partial(os.open, last, flags, dir_fd=dir_fd))
+
+
 def _stored_digest(dir_fd: int, last: str, info: os.stat_result) -> bytes | None:
     """The digest remembered at commit, if it still matches the file."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = wait_for_files(functools.partial(os.open, last, flags, dir_fd=dir_fd))
     except OSError:
         return None
     try:

@@ -352,6 +352,67 @@ def test_sessions_in_many_folders_share_few_descriptors(
     assert arrived.read_bytes() == b"4\n"
 
 
+def test_a_daemon_with_few_descriptors_serves_whole_trees(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """Serving a download, the daemon keeps a source open per file offered
+    ahead and a descriptor per folder it walked.  Under a limit of 64,
+    three concurrent `get -r` of a tree in 80 folders each get all of it:
+    the offer window narrows to the descriptors there are."""
+    top = tmp_path / "src" / "tree"
+    for folder in range(80):
+        many_small_files(top / f"d{folder:02d}", 4)
+    assert_success(pair.put("-r", top), 320)
+    pair.receiver.stop()
+    limited = Receiver(
+        pair.receiver.home, pair.receiver.root, tmp_path / "limited.log", max_files=64
+    ).start()
+    results: dict[int, subprocess.CompletedProcess[str]] = {}
+
+    def fetch(number: int) -> None:
+        into = tmp_path / f"copy{number}"
+        command = ["get", "--fingerprint", pair.receiver_fingerprint]
+        command += [limited.address, "tree", "-r", "-o", str(into)]
+        results[number] = cli(command, pair.sender_home)
+
+    try:
+        threads = [threading.Thread(target=fetch, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        limited.stop()
+
+    for number in range(3):
+        assert results[number].returncode == 0, results[number].stderr
+        copy = tmp_path / f"copy{number}" / "tree"
+        assert sorted(copy.rglob("*.txt")) == sorted(
+            copy / path.relative_to(top) for path in top.rglob("*.txt")
+        )
+        assert (copy / "d79" / "f003.txt").read_bytes() == b"3\n"
+
+
+def test_put_with_fewer_descriptors_than_its_offer_window(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A sender allowed fewer open files than the 64 it would offer ahead
+    offers fewer: every file is sent, none fails as unreadable."""
+    top = tmp_path / "src" / "many"
+    many_small_files(top, 200)
+    done = subprocess.run(
+        [*filexfer_with_file_limit(24), *map(str, pair.put_args("-r", top))],
+        env=base_env(pair.sender_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert len(list((pair.area / "many").iterdir())) == 200
+
+
 # -- C07: empty files -----------------------------------------------------------
 
 
