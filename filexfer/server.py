@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import resource
 import secrets
@@ -56,6 +57,7 @@ from .storage import (
     load_libc,
     make_directories,
     out_of_files,
+    wait_for_files,
 )
 
 log = logging.getLogger(__name__)
@@ -312,7 +314,9 @@ class Server:
         stays in force and the problem is logged.
         """
         try:
-            self.grants = sender_grants(self.config.config_home)
+            # Out of descriptors is a moment to wait, not a damaged file.
+            read = functools.partial(sender_grants, self.config.config_home)
+            self.grants = wait_for_files(read)
         except FilexferError as exc:
             log.error("event=recv.config_error reason=%s", exc)
         return key in self.grants

@@ -51,7 +51,7 @@ from typing import NamedTuple, TypeVar
 
 from blake3 import blake3
 
-from .errors import Code, RefusedError
+from .errors import Code, FilexferError, RefusedError
 from .printable import printable
 
 log = logging.getLogger(__name__)
@@ -208,13 +208,13 @@ def out_of_files(exc: BaseException) -> bool:
 def wait_for_files(step: Callable[[], _T]) -> _T:
     """Run step; out of descriptors, try again while others may free some.
 
-    For the daemon's reading sessions (listings and downloads), which
-    hold few descriptors of their own and wait for other sessions'.
+    For the daemon's steps that hold few descriptors of their own and
+    wait for other sessions' (listings, downloads, reading its config).
     """
     for attempt in range(OPEN_ATTEMPTS):
         try:
             return step()
-        except (OSError, RefusedError) as exc:
+        except (OSError, FilexferError) as exc:
             if attempt == OPEN_ATTEMPTS - 1 or not out_of_files(exc):
                 raise
         time.sleep(OPEN_PAUSE)

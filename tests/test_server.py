@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +46,32 @@ def test_damaged_authorized_senders_keeps_the_last_good_list(
     assert done.returncode == 0, done.stderr
     assert (pair.area / "a.txt").read_bytes() == SAMPLE
     pair.receiver.wait_for_log(r"ERROR event=recv\.config_error reason=.*line 2")
+
+
+def test_authorized_senders_unread_for_want_of_descriptors_is_waited_for(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A daemon briefly out of descriptors when a sender connects waits to
+    read authorized_senders, rather than log the file as damaged."""
+    source = tmp_path / "d.txt"
+    source.write_bytes(SAMPLE)
+    daemon = pair.receiver.process.pid
+    limits = resource.prlimit(daemon, resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir(f"/proc/{daemon}/fd"))
+    # Room for the connection, not for reading the file.
+    resource.prlimit(daemon, resource.RLIMIT_NOFILE, (highest + 2, limits[1]))
+    freed = threading.Timer(
+        0.4, resource.prlimit, (daemon, resource.RLIMIT_NOFILE, limits)
+    )
+    freed.start()
+    try:
+        done = pair.put(source)
+    finally:
+        freed.join()
+
+    assert done.returncode == 0, done.stderr
+    assert (pair.area / "d.txt").read_bytes() == SAMPLE
+    assert "config_error" not in pair.receiver.log()
 
 
 def test_removed_sender_is_refused_at_once(pair: Pair, tmp_path: Path) -> None:
