@@ -44,6 +44,7 @@ from .keys import (
     sender_grants,
     short_fingerprint,
 )
+from .printable import printable
 from .receiver import ReceiveSession
 from .records import MAX_PLAINTEXT
 from .session import Channel, Timeouts, accept
@@ -377,10 +378,19 @@ class Server:
                 return grant, area, store
             except OSError as exc:
                 if not out_of_files(exc) or attempt == OPEN_ATTEMPTS - 1:
-                    why = f"cannot open area {exc.filename}: {exc.strerror}"
-                    raise RefusedError(why, Code.IO_ERROR) from exc
+                    raise self._area_error(grant, exc) from exc
             time.sleep(OPEN_PAUSE)  # out of descriptors: other sessions free some
         raise AssertionError("unreachable")
+
+    def _area_error(self, grant: Grant, exc: OSError) -> RefusedError:
+        """The sender hears its area's name; the log has the whole path."""
+        log.error(
+            "event=recv.area_error path=%s reason=%s",
+            printable(str(exc.filename)),
+            exc.strerror,
+        )
+        name = "--dir" if self.config.shared else grant.area or area_for(grant.key)
+        return RefusedError(f"cannot open area {name} ({exc.strerror})", Code.IO_ERROR)
 
     def _serve_session(self, channel: Channel, peer: str, session_id: str) -> None:
         key = short_fingerprint(channel.peer_key)

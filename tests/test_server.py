@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,6 +73,27 @@ def test_authorized_senders_unread_for_want_of_descriptors_is_waited_for(
     assert done.returncode == 0, done.stderr
     assert (pair.area / "d.txt").read_bytes() == SAMPLE
     assert "config_error" not in pair.receiver.log()
+
+
+def test_a_removed_dir_is_an_error_naming_the_area_not_the_path(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """--dir deleted while the daemon runs: the sender is refused (exit 6)
+    with its area's name, the daemon's own path stays in its log."""
+    source = tmp_path / "e.txt"
+    source.write_bytes(SAMPLE)
+    assert pair.put(source).returncode == 0
+    area = pair.area.name
+    shutil.rmtree(pair.receiver.root)
+
+    done = pair.put(source)
+
+    assert done.returncode == 6, done.stderr
+    assert f"cannot open area {area} (No such file" in done.stderr
+    assert str(pair.receiver.root) not in done.stderr
+    assert not pair.receiver.root.exists()
+    pair.receiver.wait_for_log(r"ERROR event=recv\.area_error path=/")
+    assert pair.receiver.alive()
 
 
 def test_removed_sender_is_refused_at_once(pair: Pair, tmp_path: Path) -> None:
