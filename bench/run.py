@@ -163,6 +163,7 @@ def timeout_for(workload: Workload, quick: bool) -> float:
 def measure(
     tools: Sequence[Tool], load: Workload, runs: int, scratch: Path, quick: bool
 ) -> list[Row]:
+    tools = [tool for tool in tools if tool.applies_to(load)]
     rows = [Row(tool.name, tool.durable, load) for tool in tools]
     for row, tool in zip(rows, tools, strict=True):
         row.unavailable = tool.missing(load)

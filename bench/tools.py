@@ -8,8 +8,8 @@ receiver, sshd, the listening socat and the AES-GCM receiver all play a
 daemon that is already running when a user types the command.
 
 Which rows are durable: filexfer (its receiver fsyncs and confirms the
-digest before ``put`` exits), socat and the AES-GCM loop (fsync/syncfs
-timed here).  scp and rsync are timed as they come: they do not fsync.
+digest before ``put`` exits), socat, the AES-GCM loop and the file loop
+(fsync/syncfs timed here).  scp and rsync are timed as they come: they do not fsync.
 """
 
 from __future__ import annotations
@@ -88,6 +88,10 @@ class Tool(ABC):
     def missing(self, workload: Workload) -> str | None:
         """Why this tool cannot run here ("not installed: ..."), or None."""
         return None
+
+    def applies_to(self, workload: Workload) -> bool:
+        """Whether the workload has a row for this tool at all."""
+        return True
 
     @abstractmethod
     def run(self, job: Job) -> Run: ...
@@ -369,4 +373,18 @@ class AesLoop(Tool):
         return receiving
 
 
-TOOLS: tuple[type[Tool], ...] = (Filexfer, Scp, Rsync, Socat, AesLoop)
+class FileLoop(Tool):
+    """Bare Python storing a tree as filexfer's receiver does: the floor."""
+
+    name = "python files"
+    durable = True
+
+    def applies_to(self, workload: Workload) -> bool:
+        return workload.is_tree
+
+    def run(self, job: Job) -> Run:
+        loop = [sys.executable, str(BENCH / "fsloop.py")]
+        return timed([*loop, str(job.workload.source), str(job.dest)], job, self.name)
+
+
+TOOLS: tuple[type[Tool], ...] = (Filexfer, Scp, Rsync, Socat, AesLoop, FileLoop)
