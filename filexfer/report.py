@@ -185,9 +185,10 @@ def lost_output() -> LocalFileError | None:
 
 
 def json_line(result: FileResult) -> str:
-    record: dict[str, object] = {
-        "name": result.name,
-        "path": result.path,
+    record: dict[str, object] = {}
+    _add_name(record, "name", result.name)
+    _add_name(record, "path", result.path)
+    record |= {
         "status": "ok" if result.ok else "failed",
         "bytes": result.size,
         "digest": None if result.directory else result.digest,
@@ -198,11 +199,24 @@ def json_line(result: FileResult) -> str:
         "resumed_from": 0 if result.unchanged else result.held,
     }
     if result.error is not None:
-        record["error"] = str(result.error)
+        record["error"] = str(result.error)  # names in it went through printable
         record["exit_code"] = result.error.exit_code
     import json  # only --json needs it: not loaded for every command
 
     return json.dumps(record, ensure_ascii=True)
+
+
+def _add_name(record: dict[str, object], key: str, text: str) -> None:
+    """A name as strict UTF-8 text, and its exact bytes when that is not it.
+
+    A local name that is not UTF-8 reaches us with its bad bytes as lone
+    surrogates (os.fsdecode), which no strict JSON reader takes: they are
+    shown as U+FFFD, and the bytes follow in hex under ``<key>_hex``.
+    """
+    raw = text.encode("utf-8", "surrogateescape")
+    record[key] = raw.decode("utf-8", "replace")
+    if record[key] != text:
+        record[f"{key}_hex"] = raw.hex()
 
 
 def report(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -568,6 +569,37 @@ def test_put_json_reports_failures_with_their_code(pair: Pair, tmp_path: Path) -
     assert taken["exit_code"] == 6
     assert "already exists" in taken["error"]
     assert taken["digest"] is None
+
+
+def test_put_json_of_a_name_that_is_not_utf8_is_strict_json(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A local name with a byte that is not UTF-8 is shown with U+FFFD, and
+    its exact bytes are kept in hex; the output is strict UTF-8 JSON."""
+    fine = random_file(tmp_path / "src" / "fine.txt", 10)
+    raw = os.fsencode(tmp_path / "src") + b"/caf\xff.txt"
+    with open(raw, "wb") as stream:
+        stream.write(b"data")
+
+    done = subprocess.run(
+        filexfer_command(*pair.put_args("--json", fine, os.fsdecode(raw))),
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 7, done.stderr
+    lines = done.stdout.decode("utf-8", "strict").splitlines()
+    bad, good = [json.loads(line) for line in lines]
+    for record in (bad, good):
+        json.dumps(record, ensure_ascii=False).encode("utf-8", "strict")
+    assert (bad["name"], bad["name_hex"]) == ("caf\ufffd.txt", b"caf\xff.txt".hex())
+    assert bad["path"] == os.fsdecode(raw).replace("\udcff", "\ufffd")
+    assert bytes.fromhex(str(bad["path_hex"])) == raw
+    assert bad["status"] == "failed" and bad["exit_code"] == 8
+    assert "name_hex" not in good and "path_hex" not in good
+    assert (good["name"], good["status"]) == ("fine.txt", "ok")
 
 
 def json_records(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
