@@ -41,7 +41,7 @@ from .errors import (
     RefusedError,
     UsageError,
 )
-from .printable import printable
+from .printable import named, printable
 from .receiver import ReceiveSession, Watcher
 from .sender import FileResult
 from .session import Channel
@@ -179,11 +179,9 @@ class _Guard(Watcher):
         result = FileResult(offer.name, path, offer.size, directory=offer.directory)
         result.digest, result.error = (digest.hex() if digest else None), error
         result.held, result.unchanged = held, unchanged
-        if isinstance(error, RefusedError) and offer.name not in str(error):
+        if isinstance(error, RefusedError):
             # This side's own refusal ("already exists"): say of which file.
-            result.error = RefusedError(
-                f"'{printable(offer.name)}': {error}", error.code
-            )
+            result.error = RefusedError(named(offer.name, str(error)), error.code)
         result.seconds = time.monotonic() - self.started
         self.results[offer.file_id] = result
         if isinstance(error, IntegrityError):

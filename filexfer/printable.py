@@ -64,6 +64,16 @@ def _shown(ch: str) -> str:
     return _escape(ch) if _is_unsafe(ch) else ch
 
 
+def named(name: str, reason: str) -> str:
+    """``'name': reason``, naming the file once when reason already does.
+
+    Some reasons (a store's "'x': cannot read", say) name their file
+    themselves; the message built on one must not name it again.
+    """
+    shown = f"'{printable(name)}'"
+    return reason if reason.startswith(shown + ":") else f"{shown}: {reason}"
+
+
 def is_plain(text: str) -> bool:
     """True when text holds no character that printable() would escape.
 

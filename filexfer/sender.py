@@ -58,7 +58,7 @@ from .errors import (
     from_code,
     os_reason,
 )
-from .printable import printable, printable_relayed
+from .printable import named, printable, printable_relayed
 from .session import Channel
 from .storage import (
     OPEN_ATTEMPTS,
@@ -468,6 +468,8 @@ class _Job:
             if self.strict:
                 # The daemon serving get: the other side must hear of it,
                 # or a restore would be silently incomplete.
+                if isinstance(exc, RefusedError):
+                    raise  # from the store, which names the file itself
                 raise RefusedError(
                     f"'{printable(source.name)}' cannot be sent: {why}", Code.IO_ERROR
                 ) from exc
@@ -653,10 +655,9 @@ class _Job:
             return result
         outcome = self.replies.outcomes.get(opened.file_id)
         if isinstance(outcome, msgs.Reject):
-            name = printable(opened.source.name)
             reason = printable_relayed(outcome.reason)
             result.error = from_code(
-                outcome.code, f"receiver refused {name!r}: {reason}"
+                outcome.code, f"receiver refused {named(opened.source.name, reason)}"
             )
         elif isinstance(outcome, msgs.Done):
             self._confirm(opened, outcome)

@@ -145,11 +145,14 @@ class Receiver:
     _log: object = field(default=None, repr=False)
     max_files: int | None = None  # a descriptor limit for the daemon
     hard_max_files: int | None = None  # how far it may raise it (max_files)
+    unprivileged: bool = False  # file permissions apply to it, even as root
 
     def _python(self) -> list[str]:
         if self.max_files is None:
-            return [sys.executable, "-m", "filexfer"]
-        return filexfer_with_file_limit(self.max_files, self.hard_max_files)
+            command = [sys.executable, "-m", "filexfer"]
+        else:
+            command = filexfer_with_file_limit(self.max_files, self.hard_max_files)
+        return as_unprivileged(command) if self.unprivileged else command
 
     def start(self, timeout: float = 20) -> Receiver:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -795,3 +795,27 @@ def test_ls_into_a_closed_pipe_is_exit_8_with_one_line(pair: Pair) -> None:
     # rest: the daemon saw the connection end before the listing's Close.
     pair.receiver.wait_for_log(r"event=session\.failed ")
     assert "event=session.end" not in pair.receiver.log()
+
+
+def test_get_of_a_file_the_receiver_cannot_read_names_it_once(
+    pair: Pair, tmp_path: Path
+) -> None:
+    pair.receiver.stop()
+    receiver = Receiver(
+        pair.receiver.home,
+        pair.receiver.root,
+        tmp_path / "unprivileged.log",
+        unprivileged=True,
+    ).start()
+    (pair.area / "x.txt").write_bytes(b"secret\n")
+    (pair.area / "x.txt").chmod(0)
+    command = ["get", "--fingerprint", pair.receiver_fingerprint, receiver.address]
+    try:
+        done = cli([*command, "x.txt", "-o", tmp_path / "dl"], pair.sender_home)
+    finally:
+        receiver.stop()
+
+    assert done.returncode == 6
+    assert done.stderr == (
+        "filexfer: error: receiver: 'x.txt': cannot read (Permission denied)\n"
+    )

@@ -1016,3 +1016,30 @@ def test_put_json_with_stdout_closed_is_exit_8(pair: Pair) -> None:
     assert done.returncode == 8
     assert (pair.area / "one.txt").read_bytes() == b"one\n"
     assert "cannot write to standard output (bad file descriptor)" in done.stderr
+
+
+def test_refusal_of_an_unreadable_copy_names_the_file_once(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """The receiver cannot read its copy of the same size: one line that
+    names the file once, not once by each side."""
+    pair.receiver.stop()
+    receiver = Receiver(
+        pair.receiver.home,
+        pair.receiver.root,
+        tmp_path / "unprivileged.log",
+        unprivileged=True,
+    ).start()
+    source = write(tmp_path / "src" / "x.txt", b"new\n")
+    stored = write(pair.area / "x.txt", b"old\n")
+    stored.chmod(0)
+    command = ["put", "--fingerprint", pair.receiver_fingerprint, source]
+    try:
+        done = cli([*command, receiver.address], pair.sender_home)
+    finally:
+        receiver.stop()
+
+    assert done.returncode == 6
+    assert done.stderr == (
+        "filexfer: error: receiver refused 'x.txt': cannot read (Permission denied)\n"
+    )
