@@ -178,7 +178,7 @@ class _Guard(Watcher):
         path = os.path.join(self.dest, offer.name)
         result = FileResult(offer.name, path, offer.size, directory=offer.directory)
         result.digest, result.error = (digest.hex() if digest else None), error
-        result.held, result.unchanged = held, unchanged
+        result.held, result.unchanged = held, unchanged and result.ok
         if isinstance(error, RefusedError):
             # This side's own refusal ("already exists"): say of which file.
             result.error = RefusedError(named(offer.name, str(error)), error.code)

@@ -651,8 +651,17 @@ class _Job:
 
     def _settle(self, opened: _Opened) -> FileResult:
         result = opened.result
-        if result.error is not None:
-            return result
+        if result.error is None:
+            self._settle_outcome(opened)
+        if result.unchanged and not result.ok:
+            # The receiver showed an identical copy, then failed the file
+            # (its --dir deleted meanwhile, say): only a confirmed one is
+            # unchanged, and nothing was resumed either.
+            result.unchanged, result.held = False, 0
+        return result
+
+    def _settle_outcome(self, opened: _Opened) -> None:
+        result = opened.result
         outcome = self.replies.outcomes.get(opened.file_id)
         if isinstance(outcome, msgs.Reject):
             reason = printable_relayed(outcome.reason)
@@ -665,7 +674,6 @@ class _Job:
             result.error = self.replies.error or ConnectError(
                 f"{printable(opened.source.name)}: no confirmation from the receiver"
             )
-        return result
 
     def _confirm(self, opened: _Opened, done: msgs.Done) -> None:
         result = opened.result

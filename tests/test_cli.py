@@ -20,6 +20,7 @@ import pytest
 from blake3 import blake3
 
 from filexfer import messages as msgs
+from filexfer.errors import Code
 from filexfer.keys import (
     AUTHORIZED_FILE,
     KNOWN_FILE,
@@ -27,6 +28,7 @@ from filexfer.keys import (
     load_identity,
 )
 from filexfer.session import connect
+from tests.attackers import Endpoint, HostileServer
 from tests.conftest import recv_flags
 from tests.helpers import (
     Pair,
@@ -600,6 +602,33 @@ def test_put_json_of_a_name_that_is_not_utf8_is_strict_json(
     assert bad["status"] == "failed" and bad["exit_code"] == 8
     assert "name_hex" not in good and "path_hex" not in good
     assert (good["name"], good["status"]) == ("fine.txt", "ok")
+
+
+def _shows_a_copy_then_fails_it(end: Endpoint) -> None:
+    """A receiver that holds an identical copy, then cannot confirm it (its
+    --dir was deleted meanwhile, say)."""
+    while not isinstance(message := end.recv(), msgs.Close):
+        if isinstance(message, msgs.Offer):
+            end.send(msgs.Accept(message.file_id, message.size, blake3(b"").digest()))
+        elif isinstance(message, msgs.End):
+            why = "cannot write (No such file or directory)"
+            end.send(msgs.Reject(message.file_id, Code.IO_ERROR, why))
+    end.send(msgs.Close())
+
+
+def test_put_json_never_calls_a_failed_file_unchanged(tmp_path: Path) -> None:
+    empty = tmp_path / "src" / "empty.txt"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+
+    with HostileServer(tmp_path / "receiver-home", _shows_a_copy_then_fails_it) as end:
+        args = ["put", "--accept-new", "--json", empty, end.address]
+        done = cli(args, tmp_path / "sender-home")
+
+    assert done.returncode == 6, done.stderr
+    [record] = json_records(done)
+    assert (record["status"], record["exit_code"]) == ("failed", 6)
+    assert (record["unchanged"], record["resumed_from"]) == (False, 0)
 
 
 def json_records(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
