@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from tests.helpers import (
     new_identity,
     random_file,
     sha256,
+    wait_until,
 )
 
 MiB = 1 << 20
@@ -941,15 +944,15 @@ def test_recv_logs_one_line_per_event_without_secrets(pair: Pair, source: Path) 
         assert field in complete[0]
 
 
-# A Ctrl-C that lands while the command line is still being loaded: the
-# process sends itself SIGINT as the import of filexfer.cli begins.
+# A Ctrl-C or SIGTERM that lands while the command line is still being
+# loaded: the process signals itself as the import of filexfer.cli begins.
 _INTERRUPTED_WHILE_LOADING = """\
 import os, signal, sys
 
 class Interrupt:
     def find_spec(self, name, path=None, target=None):
         if name == "filexfer.cli":
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGNAL)
         return None
 
 sys.meta_path.insert(0, Interrupt())
@@ -958,9 +961,11 @@ main()
 """
 
 
-def test_ctrl_c_while_the_command_loads_is_one_line_and_130() -> None:
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_loads_is_one_line_and_130(sig: str) -> None:
+    script = _INTERRUPTED_WHILE_LOADING.replace("SIGNAL", sig)
     done = subprocess.run(
-        [sys.executable, "-c", _INTERRUPTED_WHILE_LOADING, "put", "x", "h"],
+        [sys.executable, "-c", script, "put", "x", "h"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -970,6 +975,43 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_130() -> None:
     assert done.returncode == 130
     assert done.stderr == "filexfer: error: interrupted\n"
     assert done.stdout == ""
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (or has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    match = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    assert match, status
+    return bool(int(match.group(1), 16) >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.parametrize("delay", [0, 0.002, 0.005, 0.01, 0.02, 0.04, 0.07, 0.1])
+def test_sigterm_at_any_moment_of_a_put_is_one_line_and_130(
+    sender_home: Path, source: Path, delay: float
+) -> None:
+    """From the moment filexfer's own code runs, SIGTERM is never the silent
+    143 of its default action: 130 and one line, or the command's end."""
+    port = closed_port()
+    process = subprocess.Popen(
+        filexfer_command("put", "--accept-new", source, f"127.0.0.1:{port}"),
+        env=base_env(sender_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: _catches_sigterm(process.pid), "a SIGTERM handler")
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode in (130, 3), stderr
+    assert stdout == "" and len(stderr.splitlines()) == 1, stderr
+    expected = "interrupted" if process.returncode == 130 else "cannot connect"
+    assert stderr.startswith(f"filexfer: error: {expected}"), stderr
 
 
 @pytest.mark.parametrize(
