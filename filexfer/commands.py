@@ -13,6 +13,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -43,6 +44,9 @@ from .report import Progress, emit, job_error, lost_output, report
 from .sender import FileResult, Source, collect_sources, send_files, unsent
 from .session import Channel
 from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
+
+if TYPE_CHECKING:
+    from .getter import Request
 
 
 @click.command(epilog=EXIT_CODES)
@@ -174,7 +178,8 @@ def _open_store(root: Path, mask: int) -> LocalStore:
     default=".",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Directory to store the files in (created if missing).",
+    help="Directory to store the files in (created if missing, and "
+    "removed again if nothing was stored there).",
 )
 @click.option(
     "-r",
@@ -218,7 +223,7 @@ def get(
     Whatever the receiver sends that was not asked for ends the whole
     download with exit 5, and is never written.
     """
-    from .getter import get_files, plan
+    from .getter import plan
 
     remote = Remote.from_options(
         host, (accept_new, given_fp), (connect_timeout, idle_timeout, retry)
@@ -226,8 +231,32 @@ def get(
     requests = plan(list(remotes))
     configure_put_logging(quiet)
     logging.getLogger("filexfer.receiver").setLevel(logging.CRITICAL)
+    output = (as_json, quiet, progress)
     root = root_option(out_dir, "-o")
+    made = _new_folders(root)
     make_root(root, "-o")
+    try:
+        _download(remote, requests, root, (recursive, overwrite, keep_modes), output)
+    finally:
+        _remove_empty(made)
+
+
+def _download(
+    remote: Remote,
+    requests: list[Request],
+    root: Path,
+    options: tuple[bool, bool, bool],
+    output: tuple[bool, bool, bool | None],
+) -> None:
+    """Run the download into root, with retries, and report it.
+
+    ``options`` is (recursive, overwrite, keep_modes); ``output`` is
+    (as_json, quiet, progress).
+    """
+    from .getter import get_files
+
+    recursive, overwrite, keep_modes = options
+    as_json, quiet, progress = output
     # Every part gets the name a rerun of this download looks for, so that
     # a killed get leaves nothing the next one does not take over.
     mask = KEEP_MODES_MASK if keep_modes else MODE_MASK
@@ -242,8 +271,8 @@ def get(
             return unsent(stand_ins, channel), channel
         store = _open_store(root, mask)
         try:
-            options = (recursive, overwrite)
-            return get_files(channel, requests, store, options, bars.advance)
+            job = (recursive, overwrite)
+            return get_files(channel, requests, store, job, bars.advance)
         finally:
             store.close()
 
@@ -252,6 +281,29 @@ def get(
     finally:
         bars.close()
     _finish(results, session_error, (as_json, quiet), ("received", started))
+
+
+def _new_folders(root: Path) -> list[Path]:
+    """The folders that creating root will make, deepest first."""
+    new = []
+    for folder in (root, *root.parents):
+        if os.path.lexists(folder):
+            break
+        new.append(folder)
+    return new
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Take back the folders a download made and stored nothing in.
+
+    A failed connection then leaves no empty -o behind; one that holds
+    anything (a file, a part kept for a resume) stays, with its parents.
+    """
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @click.command("ls", epilog=EXIT_CODES)

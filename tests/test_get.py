@@ -25,6 +25,7 @@ from tests.helpers import (
     Receiver,
     base_env,
     cli,
+    closed_port,
     leftovers,
     random_file,
     sha256,
@@ -134,7 +135,26 @@ def test_get_missing_name_exits_6_and_writes_nothing(
     assert done.stderr == (
         "filexfer: error: receiver: 'nothere.txt': no such file or directory\n"
     )
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert not (tmp_path / "dl").exists()  # made for the download, taken back
+
+
+def test_get_that_cannot_connect_leaves_no_folder_behind(
+    sender_home: Path, tmp_path: Path
+) -> None:
+    """-o and the parents it needed are made for the download and taken
+    back when nothing was stored; a folder that was there stays."""
+    port = closed_port()
+    there = tmp_path / "there"
+    there.mkdir()
+    address = f"127.0.0.1:{port}"
+
+    for dest in (tmp_path / "new" / "dl", there):
+        done = cli(["get", "--accept-new", address, "x.txt", "-o", dest], sender_home)
+        assert done.returncode == 3, done.stderr
+        assert f"cannot connect to {address}" in done.stderr
+
+    assert sorted(os.listdir(tmp_path)) == ["sender-home", "there"]
+    assert os.listdir(there) == []
 
 
 def test_get_directory_without_r_exits_6(pair: Pair, dataset: Path) -> None:
@@ -250,7 +270,7 @@ def test_one_sender_cannot_list_read_or_overwrite_anothers_files(
 
     assert (listed.returncode, listed.stdout) == (0, "")
     assert fetched.returncode == 6
-    assert list((tmp_path / "stolen").iterdir()) == []
+    assert not (tmp_path / "stolen").exists()
     assert written.returncode == 0  # into its own area
     assert other.area != pair.area
     assert sha256(pair.area / "ledger.txt") == sha256(mine)
@@ -466,7 +486,7 @@ def test_get_of_a_tree_with_a_name_that_cannot_be_sent_fails_loudly(
     assert done.returncode == 6
     # Escaped once by the receiver, and not again here.
     assert "'weird/esc\\x1b[31mred' cannot be sent" in done.stderr
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert not (tmp_path / "dl").exists()
 
 
 @pytest.mark.parametrize(
@@ -624,7 +644,7 @@ def test_get_of_a_stored_file_dated_past_2262_fails_naming_it(
     assert names == ["dated/f.txt", "dated/g.txt"]
     assert fetched.returncode == 6
     assert "'dated/f.txt' cannot be sent: its mtime is out of range" in fetched.stderr
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert not (tmp_path / "dl").exists()
 
 
 def test_json_keeps_job_order_when_a_file_is_offered_again(
