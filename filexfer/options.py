@@ -465,13 +465,15 @@ def with_retries(
         if not isinstance(error, ConnectError) or number == remote.retries:
             return list(merged.values()), error
         wait = min(30.0, 2.0**number)
-        if not quiet:
-            click.echo(
-                f"filexfer: warning: {printable(str(error))}; retrying in "
-                f"{wait:g} s ({number + 1} of {remote.retries})",
-                err=True,
-            )
         try:
+            # The warning too: a signal while it is written is a stop
+            # between attempts like any other.
+            if not quiet:
+                click.echo(
+                    f"filexfer: warning: {printable(str(error))}; retrying in "
+                    f"{wait:g} s ({number + 1} of {remote.retries})",
+                    err=True,
+                )
             time.sleep(wait)
         except KeyboardInterrupt:
             # Stopped between attempts: what arrived stays reported as
