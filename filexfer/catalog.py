@@ -11,9 +11,10 @@ the same :class:`LocalStore` that confines uploads: no absolute path, no
 ``Close``.  ``Get`` requests are collected until the one marked last;
 then every file they name (a directory's whole tree with ``recursive``,
 empty directories included) is sent back with the sender's engine, the
-same pipelined offers, digests and confirmations as an upload.  A name
-that does not exist, or a directory asked for without ``recursive``,
-ends the session with an ``Error`` before anything is offered; so does a
+same pipelined offers, digests and confirmations as an upload.  A
+directory asked for without ``recursive`` is offered empty and aborted,
+so that it fails alone.  A name that does not exist ends the session
+with an ``Error`` before anything is offered; so does a
 stored name that breaks the protocol's name rules (it was not put there
 through filexfer), so that a restore is never silently incomplete.
 """
@@ -138,9 +139,11 @@ def _requests(channel: Channel, first: msgs.Get) -> list[msgs.Get]:
 def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
     """The stored files (and empty directories) the requests name, in order.
 
+    A directory asked for without recursive is a source of its own that
+    carries its refusal.
+
     Raises:
-        RefusedError: a name does not exist, is a directory asked for
-            without recursive, or is asked for twice.
+        RefusedError: a name does not exist or is asked for twice.
     """
     sources: list[Source] = []
     seen: set[str] = set()
@@ -154,10 +157,12 @@ def _sources(store: LocalStore, requests: list[msgs.Get]) -> list[Source]:
         seen.add(request.name)
         is_directory = functools.partial(store.is_directory, request.name)
         if wait_for_files(is_directory) and not request.recursive:
-            raise RefusedError(
-                f"'{printable(request.name)}' is a directory (use -r)",
-                Code.NOT_REGULAR,
-            )
+            # It fails alone, as scp's "not a regular file": the others
+            # are still sent.
+            why = RefusedError("is a directory (use -r)", Code.NOT_REGULAR)
+            path = os.path.join(store.root, request.name)
+            sources.append(Source(path, request.name, refusal=why))
+            continue
         sources.extend(_tree(store, request.name))
     return sources
 

@@ -59,7 +59,7 @@ from .errors import (
     RefusedError,
     from_code,
 )
-from .printable import printable, printable_relayed
+from .printable import named, printable, printable_relayed
 from .session import Channel
 from .storage import (
     OPEN_ATTEMPTS,
@@ -661,7 +661,7 @@ class ReceiveSession:
         )
         if incoming.discarding:
             return  # failed here first (and reported): the abort only answers
-        reason = f"{printable(incoming.offer.name)}: {printable_relayed(abort.reason)}"
+        reason = named(incoming.offer.name, printable_relayed(abort.reason))
         self.watcher.finished(incoming.offer, None, from_code(abort.code, reason))
 
     # -- commits --------------------------------------------------------

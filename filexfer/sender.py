@@ -78,12 +78,16 @@ class Source(NamedTuple):
 
     ``opener``, when set, opens the file instead of its path (the daemon
     uses it to open stored files without following symlinks).
+    ``refusal``, when set, is why the daemon cannot send what was asked
+    for under that name (a folder asked for without recursive): it is
+    offered empty and aborted with that reason, so that it fails alone.
     """
 
     path: str
     name: str
     directory: bool = False
     opener: Callable[[], int] | None = None
+    refusal: RefusedError | None = None
 
 
 @dataclass
@@ -456,7 +460,7 @@ class _Job:
     def _open(self, source: Source, last_try: bool) -> _Opened | FileResult | None:
         handle = None
         try:
-            if source.directory:
+            if source.directory or source.refusal is not None:
                 info = os.stat(source.path, follow_symlinks=False)
             else:
                 handle = _open_source(source)
@@ -492,16 +496,17 @@ class _Job:
             failure.size = 0 if source.directory else info.st_size
             return failure
         result = FileResult(source.name, source.path, size=info.st_size)
-        if source.directory:
-            result.size, result.directory = 0, True
+        if source.directory or source.refusal is not None:
+            result.size, result.directory = 0, source.directory
         return _Opened(len(self.offered), source, handle, info, result)
 
     def _offer(self, opened: _Opened) -> None:
         info, directory = opened.info, opened.source.directory
+        empty = directory or opened.source.refusal is not None
         self.channel.send(
             msgs.Offer(
                 opened.file_id,
-                0 if directory else info.st_size,
+                0 if empty else info.st_size,
                 info.st_mtime_ns,
                 stat.S_IMODE(info.st_mode),
                 self.overwrite,
@@ -527,6 +532,11 @@ class _Job:
             decision = self.replies.wait_decision(opened.file_id)
             self.channel.cork()
         if isinstance(decision, msgs.Reject):
+            return
+        refusal = opened.source.refusal
+        if refusal is not None:
+            opened.result.error = refusal
+            self.channel.send(msgs.Abort(opened.file_id, refusal.code, str(refusal)))
             return
         opened.started = time.monotonic()
         if opened.source.directory:

@@ -839,3 +839,26 @@ def test_get_of_a_file_the_receiver_cannot_read_names_it_once(
     assert done.stderr == (
         "filexfer: error: receiver: 'x.txt': cannot read (Permission denied)\n"
     )
+
+
+def test_get_of_a_folder_without_r_fails_alone(pair: Pair, tmp_path: Path) -> None:
+    """Like scp's "not a regular file": the folder fails, the file arrives,
+    and the job ends with 7."""
+    (pair.area / "t").mkdir()
+    (pair.area / "t" / "inside.txt").write_bytes(b"inside\n")
+    (pair.area / "s.txt").write_bytes(b"s\n")
+
+    done = get(pair, "--json", "-o", tmp_path / "dl", "t", "s.txt")
+
+    assert done.returncode == 7, done.stderr
+    assert done.stderr.splitlines() == [
+        "filexfer: error: 't': is a directory (use -r)",
+        "filexfer: error: 1 of 2 files failed",
+    ]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["name"], r["status"]) for r in records] == [
+        ("t", "failed"),
+        ("s.txt", "ok"),
+    ]
+    assert (records[0]["exit_code"], records[0]["type"]) == (6, "file")
+    assert os.listdir(tmp_path / "dl") == ["s.txt"]
