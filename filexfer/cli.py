@@ -373,6 +373,11 @@ def _run(argv: list[str] | None) -> int:
         cli.main(args=argv, prog_name="filexfer", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         # click turns Ctrl-C (SIGINT) into Abort before it reaches us.
+        if State.command == "recv":
+            # Stopped while starting, before it listened: a clean stop,
+            # as one a moment later would be.
+            logging.getLogger("filexfer.server").info("event=recv.stopped")
+            return 0
         copying = State.command in ("put", "get")
         interrupted = InterruptError() if copying else InterruptError("interrupted")
         print_error(interrupted)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers import Pair
+from tests.helpers import Pair, base_env, filexfer_command, wait_until
 
 SAMPLE = b"server test\n"
 
@@ -126,3 +126,36 @@ def test_once_exits_soon_after_its_session(
         raise AssertionError("recv --once kept running") from exc
     assert code == 0
     assert (pair.area / "c.txt").read_bytes() == SAMPLE
+
+
+def test_a_stop_signal_while_starting_is_a_clean_stop(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """SIGTERM before the daemon listens (here: while it waits to read
+    authorized_senders, a FIFO nobody writes) ends it as one a moment
+    later would: status 0, no error line."""
+    home = tmp_path / "starting-home"
+    home.mkdir()
+    shutil.copy(pair.receiver.home / "identity", home / "identity")
+    os.mkfifo(home / "authorized_senders")
+    command = ["recv", "--dir", tmp_path / "out", "--listen", "127.0.0.1:0"]
+    process = subprocess.Popen(
+        filexfer_command(*command),
+        env=base_env(home),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _waits_for_a_writer(process.pid), "recv reading the FIFO")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+
+    assert process.returncode == 0, stderr
+    assert "error" not in stderr
+
+
+def _waits_for_a_writer(pid: int) -> bool:
+    return Path(f"/proc/{pid}/wchan").read_text() == "wait_for_partner"
