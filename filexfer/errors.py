@@ -108,6 +108,9 @@ class PartialError(FilexferError):
 class LocalFileError(FilexferError):
     exit_code = 8
     code = Code.IO_ERROR
+    # What the peer is told, when the message names a local path the
+    # peer has no business seeing (the daemon's own, serving get).
+    peer_reason: str | None = None
 
 
 class InterruptError(FilexferError):

@@ -555,7 +555,8 @@ class _Job:
             opened.digest = self._stream(opened, hasher, decision.offset)
         except LocalFileError as exc:
             opened.result.error = exc
-            self.channel.send(msgs.Abort(opened.file_id, exc.code, str(exc)))
+            reason = exc.peer_reason or str(exc)
+            self.channel.send(msgs.Abort(opened.file_id, exc.code, reason))
             return
         if opened.digest:
             self.channel.send(
@@ -787,19 +788,22 @@ def _read_into(reader: io.FileIO, view: memoryview, opened: _Opened) -> int:
     try:
         count = reader.readinto(view)
     except OSError as exc:
-        raise LocalFileError(
-            f"{printable(opened.source.path)}: read failed ({exc.strerror})"
-        ) from exc
+        why = f"read failed ({exc.strerror})"
+        raise _source_error(opened, ": ", why, Code.IO_ERROR) from exc
     if not count:
         raise _changed(opened)
     return int(count)
 
 
 def _changed(opened: _Opened) -> LocalFileError:
-    error = LocalFileError(
-        f"{printable(opened.source.path)} changed while being sent; not copied"
-    )
-    error.code = Code.SOURCE_CHANGED
+    why = "changed while being sent; not copied"
+    return _source_error(opened, " ", why, Code.SOURCE_CHANGED)
+
+
+def _source_error(opened: _Opened, joint: str, why: str, code: Code) -> LocalFileError:
+    """A source that failed while sent: its path here, only why for the peer."""
+    error = LocalFileError(f"{printable(opened.source.path)}{joint}{why}")
+    error.code, error.peer_reason = code, why
     return error
 
 

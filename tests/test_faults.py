@@ -322,6 +322,34 @@ def test_source_changed_while_sent_is_not_copied(
     assert leftovers(live_pair.area) == []
 
 
+def test_stored_file_changed_while_served_names_it_not_the_daemons_path(
+    live_pair: Pair, tmp_path: Path
+) -> None:
+    """The daemon serving get aborts a stored file that changes under it;
+    the client hears why, of the name it asked for, never the daemon's
+    own path."""
+    stored = random_file(live_pair.area / "served.bin", LIVE)
+    into = tmp_path / "dl"
+    command = ["get", "--fingerprint", live_pair.receiver_fingerprint]
+    with Proxy(live_pair.receiver.port, Tamper("s2c", hold_at=2 * MiB)) as proxy:
+        process = put_process(
+            [*command, proxy.address, "served.bin", "-o", str(into)],
+            live_pair.sender_home,
+        )
+        with running(process):
+            assert proxy.holding.wait(20)
+            grow(stored)
+            proxy.release()
+            code, stderr = finish(process)
+
+    assert code == 8, stderr
+    assert stderr.splitlines()[0] == (
+        "filexfer: error: 'served.bin': changed while being sent; not copied"
+    )
+    assert str(live_pair.receiver.root) not in stderr
+    assert not (into / "served.bin").exists()
+
+
 def test_source_replaced_while_sent_is_copied_as_opened(
     live_pair: Pair, tmp_path: Path
 ) -> None:
