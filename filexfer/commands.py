@@ -43,7 +43,13 @@ from .printable import printable
 from .report import Progress, emit, job_error, lost_output, report
 from .sender import FileResult, Source, collect_sources, send_files, unsent
 from .session import Channel
-from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
+from .storage import (
+    KEEP_MODES_MASK,
+    MODE_MASK,
+    LocalStore,
+    load_libc,
+    raise_file_limit,
+)
 
 if TYPE_CHECKING:
     from .getter import Request
@@ -261,6 +267,8 @@ def _download(
     # a killed get leaves nothing the next one does not take over.
     mask = KEEP_MODES_MASK if keep_modes else MODE_MASK
     _open_store(root, mask).close()  # an unusable -o is found before connecting
+    raise_file_limit()  # as recv: files waiting for their commit hold one each
+    load_libc()
     bars = Progress(show_bar(quiet, progress), 0, 1)
     started = time.monotonic()
 

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import functools
 import logging
-import resource
 import secrets
 import signal
 import socket
@@ -58,6 +57,7 @@ from .storage import (
     load_libc,
     make_directories,
     out_of_files,
+    raise_file_limit,
     wait_for_files,
 )
 
@@ -110,25 +110,6 @@ def _run_job(channel: Channel, store: LocalStore, grant: Grant, session_id: str)
 # Descriptors one session may hold at once: its socket, a batch of part
 # files waiting for their commit, and the directories they lie in.
 FILES_PER_SESSION = 160
-
-
-def raise_file_limit() -> int:
-    """Raise this process's descriptor limit to what it may have; return it.
-
-    Soft limits of 1024 are common, and sessions hold a part file for
-    each file waiting in their commit batch.  Past the limit that remains,
-    a session commits its batch early (see ReceiveSession) instead of
-    refusing files.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass  # kept as it is; sessions then commit early
-    return soft
 
 
 def _peer_text(address: object) -> str:

@@ -41,6 +41,7 @@ import functools
 import logging
 import mmap
 import os
+import resource
 import stat
 import struct
 import time
@@ -195,7 +196,7 @@ def _libc(name: str) -> Callable[..., int] | None:
 # Out of descriptors, a session gives back what it holds, then waits up
 # to OPEN_ATTEMPTS x OPEN_PAUSE for other sessions to do the same before
 # it refuses a file (or, in the daemon, a whole session's area).
-OPEN_ATTEMPTS = 50
+OPEN_ATTEMPTS = 250
 OPEN_PAUSE = 0.02
 
 
@@ -221,11 +222,31 @@ def wait_for_files(step: Callable[[], _T]) -> _T:
     raise AssertionError("unreachable")
 
 
+def raise_file_limit() -> int:
+    """Raise this process's descriptor limit to what it may have; return it.
+
+    Soft limits of 1024 are common, and receiving sessions (the daemon's,
+    and ``get``'s) hold a part file for each file waiting in their commit
+    batch.  Past the limit that remains, a session commits its batch early
+    (see ReceiveSession) instead of refusing files.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass  # kept as it is; sessions then commit early
+    return soft
+
+
 def load_libc() -> None:
     """Look the libc functions up now, not on first use.
 
-    For the daemon: loading ctypes opens files, which must not wait until
-    a session is out of descriptors and commits early to get some back.
+    For the daemon and ``get``: loading ctypes opens files, which must not
+    wait until a session is out of descriptors and commits early to get
+    some back.
     """
     for name in ("syncfs", "sync_file_range", "renameat2"):
         _libc(name)

@@ -26,6 +26,7 @@ from tests.helpers import (
     base_env,
     cli,
     closed_port,
+    filexfer_with_file_limit,
     leftovers,
     random_file,
     sha256,
@@ -681,6 +682,30 @@ def test_get_of_files_the_daemon_cannot_open_is_not_a_success(
     assert "cannot read (Too many open files)" in done.stderr
     assert "Traceback" not in done.stderr
     assert not list((tmp_path / "dl").rglob("*.txt"))
+
+
+def test_get_with_few_descriptors_stores_every_file(pair: Pair, tmp_path: Path) -> None:
+    """Files waiting for their commit hold a descriptor each: a get under
+    a limit of 24 commits early and gets every file of a 300-file tree."""
+    top = pair.area / "many"
+    for index in range(300):
+        folder = top / f"d{index % 30:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{index:03d}.txt").write_text(f"{index}\n")
+    command = ["get", "--fingerprint", pair.receiver_fingerprint]
+    command += [pair.receiver.address, "many", "-r", "-o", str(tmp_path / "dl")]
+    done = subprocess.run(
+        [*filexfer_with_file_limit(24), *command],
+        env=base_env(pair.sender_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "dl" / "many").rglob("*.txt"))) == 300
+    assert (tmp_path / "dl" / "many" / "d29" / "f299.txt").read_text() == "299\n"
 
 
 def test_a_local_write_failure_is_reported_with_its_cause(
