@@ -47,6 +47,7 @@ from .options import (
     State,
     display,
     make_root,
+    outcome_decided,
     root_option,
     split_address,
     with_config,
@@ -352,10 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     if lost is not None:
         print_error(lost)
         code = code or lost.exit_code
-    # The outcome is decided: a Ctrl-C from here on can neither change the
-    # status nor interrupt the last writes with a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A signal from here on can neither change the status nor interrupt
+    # the last writes with a traceback.
+    outcome_decided()
     for stream in (sys.stdout, sys.stderr):
         # Output goes out line by line and a failure is already counted
         # (lost_output); None is a stream closed before start (>&-).

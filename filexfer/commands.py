@@ -34,6 +34,7 @@ from .options import (
     configure_put_logging,
     make_root,
     merge_download,
+    outcome_decided,
     root_option,
     show_bar,
     with_config,
@@ -129,6 +130,7 @@ def _finish(
     A download (verb "received") is strict: a receiver that broke the
     protocol fails it with exit 5 even if some files arrived.
     """
+    outcome_decided()  # every file is settled; what follows only says so
     verb, started = timing
     error = job_error(results, session_error, strict=verb == "received")
     seconds = time.monotonic() - started

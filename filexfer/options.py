@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import logging
 import math
+import signal
 import stat
 import sys
 import time
@@ -447,6 +448,17 @@ def merge_download(merged: dict[str, FileResult], results: list[FileResult]) -> 
         keep = before is not None and (result.unchanged or not result.ok)
         merged[result.name] = before if keep and before is not None else result
     merged.update(earlier)
+
+
+def outcome_decided() -> None:
+    """From here a Ctrl-C or SIGTERM changes nothing: the job is settled.
+
+    Reporting it may still take a while (a slow reader of --json); a
+    signal then must neither call a finished copy interrupted nor lose
+    the rest of its report.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def with_retries(

@@ -393,6 +393,40 @@ def test_a_daemon_with_few_descriptors_serves_whole_trees(
         assert (copy / "d79" / "f003.txt").read_bytes() == b"3\n"
 
 
+def test_a_signal_while_the_report_waits_for_its_reader_changes_nothing(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """Every file is confirmed and --json is still being written to a slow
+    reader: SIGTERM then neither calls the job interrupted nor cuts its
+    report short."""
+    top = tmp_path / "src" / "report"
+    many_small_files(top, 1500)  # far more --json than a pipe holds
+    process = subprocess.Popen(
+        [*filexfer_command(*pair.put_args("--json", "-r", top))],
+        env=base_env(pair.sender_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _writes_to_a_full_pipe(process.pid), "a blocked report")
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    assert process.returncode == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert len(records) == 1500
+    assert {record["status"] for record in records} == {"ok"}
+    assert stderr == ""
+
+
+def _writes_to_a_full_pipe(pid: int) -> bool:
+    return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+
+
 def test_put_with_fewer_descriptors_than_its_offer_window(
     pair: Pair, tmp_path: Path
 ) -> None:
