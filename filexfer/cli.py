@@ -16,7 +16,9 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -348,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM (timeout(1), systemd, a job runner) stops a job as Ctrl-C
     # does: every file accounted for, one line, 130.  recv sets its own.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     code = _run(argv)
     lost = lost_output()
     if lost is not None:
@@ -364,8 +367,22 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(code)
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    if frame is not None and _errors_are_ignored_in(frame.f_code):
+        # Raised here, the KeyboardInterrupt would be printed and dropped,
+        # and the command would go on: the signal comes again, after it.
+        again = threading.Timer(0.005, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
     raise KeyboardInterrupt
+
+
+def _errors_are_ignored_in(code: CodeType) -> bool:
+    """Whether Python ignores what this code raises: a finalizer, or the
+    weakref callback of the import lock (a signal can land in either)."""
+    import_lock = code.co_filename.startswith("<frozen importlib")
+    return code.co_name == "__del__" or (import_lock and code.co_name == "cb")
 
 
 def _run(argv: list[str] | None) -> int:

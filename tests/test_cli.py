@@ -1067,3 +1067,32 @@ def test_ctrl_c_says_copy_not_completed_only_for_copies(
 
     assert cli_module._run(args) == 130
     assert capsys.readouterr().err.splitlines()[-1] == f"filexfer: error: {message}"
+
+
+# A weakref callback of the import lock, compiled as Python names it.
+IMPORT_LOCK_CALLBACK = compile(
+    "def cb(then):\n    then(sys._getframe())\n",
+    "<frozen importlib._bootstrap>",
+    "exec",
+)
+
+
+def test_a_signal_where_python_ignores_errors_comes_again_after_it() -> None:
+    """Python prints and drops what an import lock's weakref callback (or
+    a __del__) raises, so a stop signal landing there would be lost and
+    the command would go on.  There it is sent again, a moment later."""
+    from filexfer.cli import _interrupt
+
+    namespace = {"sys": sys}
+    exec(IMPORT_LOCK_CALLBACK, namespace)
+    again: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, _: again.append(signum))
+    try:
+        namespace["cb"](lambda frame: _interrupt(signal.SIGUSR1, frame))
+        wait_until(lambda: again, "the signal sent again")
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt(signal.SIGUSR1, sys._getframe())
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+    assert again == [signal.SIGUSR1]
