@@ -44,6 +44,7 @@ import fcntl
 import os
 import shlex
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -281,8 +282,14 @@ def _decode_entry(path: Path, entry: _Entry, text: str) -> bytes:
         ) from None
 
 
-def _append_line(path: Path, line: str) -> None:
-    """Append one line, starting a new line if the file lacks a final one."""
+def _append_line(
+    path: Path, line: str, wanted: Callable[[], bool] | None = None
+) -> None:
+    """Append one line, starting a new line if the file lacks a final one.
+
+    ``wanted``, called while the file is locked, may decide that the line
+    is not needed after all (another process appended it meanwhile).
+    """
     _ensure_dir(path.parent)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -292,6 +299,8 @@ def _append_line(path: Path, line: str) -> None:
         # The lock keeps two appending processes from interleaving their
         # check of the last byte with each other's writes.
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if wanted is not None and not wanted():
+            return
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = "\n" + line
@@ -505,8 +514,19 @@ class KnownReceivers:
         return found
 
     def pin(self, address: str, raw: bytes) -> None:
-        """Append address's pin (nothing checks for an older one here)."""
-        _append_line(self.path, f"{address} {encode_public(raw)}")
+        """Append address's pin, unless another process pinned it meanwhile.
+
+        Raises:
+            TrustError: the pin made meanwhile is of another key (so one
+                of the two connections did not reach the real receiver).
+        """
+
+        def still_unpinned() -> bool:
+            known = self.lookup(address)
+            check_pin(known, raw, address)
+            return known is None
+
+        _append_line(self.path, f"{address} {encode_public(raw)}", still_unpinned)
 
 
 _B64_STANDARD = frozenset(

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -548,6 +549,33 @@ def test_known_receivers_pin_and_lookup(tmp_path: Path) -> None:
     assert (tmp_path / KNOWN_FILE).read_text() == (
         f"host:7757 {key_line(RAW)}\n[::1]:7757 {key_line(OTHER_RAW)}\n"
     )
+
+
+def test_concurrent_first_connections_pin_a_receiver_once(tmp_path: Path) -> None:
+    """Several first connections to one receiver at once (parallel jobs
+    with --accept-new) leave one line, not one each."""
+    pins = [
+        threading.Thread(target=KnownReceivers(tmp_path).pin, args=("h:1", RAW))
+        for _ in range(10)
+    ]
+    for thread in pins:
+        thread.start()
+    for thread in pins:
+        thread.join()
+
+    assert (tmp_path / KNOWN_FILE).read_text() == f"h:1 {key_line(RAW)}\n"
+
+
+def test_a_pin_made_meanwhile_for_another_key_is_a_trust_error(
+    tmp_path: Path,
+) -> None:
+    """Two first connections that met different keys for one address:
+    one of them did not reach the real receiver, and must not pin it."""
+    KnownReceivers(tmp_path).pin("h:1", RAW)
+
+    with pytest.raises(TrustError, match="has changed"):
+        KnownReceivers(tmp_path).pin("h:1", OTHER_RAW)
+    assert (tmp_path / KNOWN_FILE).read_text() == f"h:1 {key_line(RAW)}\n"
 
 
 def test_known_receivers_tolerates_comments(tmp_path: Path) -> None:
