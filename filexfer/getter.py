@@ -207,7 +207,8 @@ class _Guard(Watcher):
                 missing = missing or ProtocolError(
                     f"receiver did not send '{printable(request.remote)}'"
                 )
-                results.append(FileResult(request.local, error=missing))
+                path = os.path.join(self.dest, request.local)  # where it was due
+                results.append(FileResult(request.local, path, error=missing))
         return results
 
 

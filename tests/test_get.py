@@ -139,6 +139,17 @@ def test_get_missing_name_exits_6_and_writes_nothing(
     assert not (tmp_path / "dl").exists()  # made for the download, taken back
 
 
+def test_get_json_of_a_missing_name_says_where_it_was_due(
+    pair: Pair, tmp_path: Path
+) -> None:
+    done = get(pair, "--json", "-o", tmp_path / "dl", "nothere.txt")
+
+    assert done.returncode == 6
+    [record] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["status"] == "failed"
+    assert record["path"] == str(tmp_path / "dl" / "nothere.txt")
+
+
 def test_get_that_cannot_connect_leaves_no_folder_behind(
     sender_home: Path, tmp_path: Path
 ) -> None:
