@@ -372,7 +372,12 @@ def _grant_from(path: Path, entry: _Entry) -> Grant:
         where = f"{path}: line {entry.number}"
         return UsageError(f"{where}: {why}", hint=_OPTIONS_HINT)
 
-    if entry.word.startswith(KEY_PREFIX):
+    second = entry.rest.split(None, 1)[0] if entry.rest else ""
+    if entry.word.startswith(KEY_PREFIX) or not (
+        second.startswith(KEY_PREFIX) or _looks_like_options(entry.word)
+    ):
+        # A line whose first word is neither a key nor options before
+        # one is named by that word ("garbage here" is not about "here").
         options, key_word, comment = "", entry.word, entry.rest
     else:
         words = entry.rest.split(None, 1) if entry.rest else [""]

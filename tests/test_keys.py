@@ -668,6 +668,8 @@ def test_a_read_only_key_may_read_another_keys_own_area(tmp_path: Path) -> None:
         ("area=key-0686b558aa80c6a0 {key}", "are the keys' own areas"),
         ("area=../x {key}", "bad area name '../x'"),
         ("{key} first\nread-only {key} second", "line 2: the key of line 1 again"),
+        ("garbage line here", "line 1: not a filexfer public key: 'garbage'"),
+        ("read-only fx1short", "not a filexfer public key: 'fx1short'"),
     ],
     ids=[
         "read-only after",
@@ -678,6 +680,8 @@ def test_a_read_only_key_may_read_another_keys_own_area(tmp_path: Path) -> None:
         "auto area",
         "dotdot area",
         "twice",
+        "no key",
+        "bad key after options",
     ],
 )
 def test_bad_options_stop_with_the_file_and_line(
