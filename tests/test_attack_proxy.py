@@ -42,7 +42,7 @@ from tests.attackers import (
     put_to,
     static_only_guesses,
 )
-from tests.helpers import Pair, cli, leftovers, random_file, sha256
+from tests.helpers import Pair, cli, leftovers, random_file, sha256, wait_until
 
 SIZE = (3 << 20) + 100  # records: 0 Offer, 1-4 Data, 5 End, 6 Close
 LAST_DATA, END, CLOSE = 4, 5, 6
@@ -461,6 +461,9 @@ def test_receiver_key_swapped_in_the_middle_is_refused(
         with HostileServer(tmp_path / "impostor-home", _note_sender) as impostor:
             proxy.target_port = impostor.port
             done = cli(["put", source, proxy.address], shared.sender_home)
+            # The sender has exited; its end reaches the impostor a moment
+            # later, before which closing the impostor would hide it.
+            wait_until(lambda: impostor.errors, "the impostor to see the sender go")
 
     assert done.returncode == 4, done.stderr
     assert f"receiver key for {proxy.address} has changed" in done.stderr
