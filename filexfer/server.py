@@ -110,6 +110,11 @@ def _run_job(channel: Channel, store: LocalStore, grant: Grant, session_id: str)
 # Descriptors one session may hold at once: its socket, a batch of part
 # files waiting for their commit, and the directories they lie in.
 FILES_PER_SESSION = 160
+# Under a lower limit, sessions commit early and share what there is;
+# connections still in their handshake (each a descriptor, more while it
+# reads authorized_senders) must not take what the sessions wait for.
+FILES_PER_HANDSHAKE = 4
+FILES_KEPT = 16  # standard streams, the listener, the log, libraries
 
 
 def _peer_text(address: object) -> str:
@@ -171,17 +176,33 @@ class Server:
             open_files,
         )
         if open_files < self.config.max_sessions * FILES_PER_SESSION:
-            log.warning(
-                "event=recv.low_file_limit open_files=%d max_sessions=%d "
-                "effect=smaller_commit_batches",
-                open_files,
-                self.config.max_sessions,
-            )
+            self._fit_slots(open_files)
         try:
             while not self.stopping.is_set():
                 self._accept_one()
         finally:
             self._shutdown()
+
+    def _fit_slots(self, open_files: int) -> None:
+        """Admit fewer handshakes at once under a low limit on open files.
+
+        A crowd of connections (senders beyond the session limit, say)
+        would otherwise hold the descriptors the sessions wait for, until
+        those give up and refuse files; past the cap a connection is
+        closed at once, as when the handshake slots are full.
+        """
+        spare = open_files - FILES_KEPT - 2 * self.config.max_sessions
+        handshakes = min(
+            self.config.max_handshakes, max(1, spare // FILES_PER_HANDSHAKE)
+        )
+        self.handshake_slots = threading.BoundedSemaphore(handshakes)
+        log.warning(
+            "event=recv.low_file_limit open_files=%d max_sessions=%d "
+            "handshakes=%d effect=smaller_commit_batches",
+            open_files,
+            self.config.max_sessions,
+            handshakes,
+        )
 
     def _install_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -425,6 +426,51 @@ def test_a_signal_while_the_report_waits_for_its_reader_changes_nothing(
 
 def _writes_to_a_full_pipe(pid: int) -> bool:
     return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+
+
+def test_a_crowd_at_a_daemon_with_few_descriptors_is_busy_not_refused(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """More clients than sessions at a daemon limited to 64 descriptors:
+    it admits only as many handshakes at once as leave its sessions room,
+    so the crowd is told to come back (exit 3, which --retry does), and no
+    file is refused for want of descriptors."""
+    top = tmp_path / "src" / "crowd"
+    for folder in range(40):
+        many_small_files(top / f"d{folder:02d}", 5)
+    assert_success(pair.put("-r", top), 200)
+    tops = [tmp_path / f"src{number}" / "crowd" for number in range(12)]
+    for copy in tops:  # new files for every put: part files, commit batches
+        shutil.copytree(top, copy)
+    pair.receiver.stop()
+    limited = Receiver(
+        pair.receiver.home, pair.receiver.root, tmp_path / "limited.log", max_files=64
+    ).start()
+    trust = ["--fingerprint", pair.receiver_fingerprint, "--retry", "4"]
+    jobs = [["put", *trust, "-r", "--overwrite", str(t), limited.address] for t in tops]
+    for number in range(6):
+        into = str(tmp_path / f"copy{number}")
+        jobs.append(["get", *trust, limited.address, "crowd", "-r", "-o", into])
+        jobs.append(["ls", *trust, limited.address, "crowd", "-r"])
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def run(command: list[str]) -> None:
+        results.append(cli(command, pair.sender_home, timeout=180))
+
+    try:
+        threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(200)
+    finally:
+        limited.stop()
+
+    assert len(results) == 24
+    for done in results:
+        assert done.returncode == 0, done.stderr
+        assert "Too many open files" not in done.stderr
+    assert "handshakes=4 " in limited.log()
 
 
 def test_put_with_fewer_descriptors_than_its_offer_window(
