@@ -42,7 +42,14 @@ from .options import (
 )
 from .printable import printable
 from .report import Progress, emit, job_error, lost_output, report
-from .sender import FileResult, Source, collect_sources, send_files, unsent
+from .sender import (
+    FileResult,
+    Source,
+    collect_sources,
+    receiver_name,
+    send_files,
+    unsent,
+)
 from .session import Channel
 from .storage import (
     KEEP_MODES_MASK,
@@ -96,11 +103,20 @@ def put(
         args[-1], (accept_new, given_fp), (connect_timeout, idle_timeout, retry)
     )
     configure_put_logging(quiet)
-    sources, failures = collect_sources(list(args[:-1]), recursive)
+    try:
+        sources, failures = collect_sources(list(args[:-1]), recursive)
+        total = sum(_size(s) for s in sources)
+    except KeyboardInterrupt:
+        # Stopped while reading the folders: each argument stands for the
+        # files below it, which are not known yet.
+        named = [
+            Source(arg, receiver_name(arg), os.path.isdir(arg)) for arg in args[:-1]
+        ]
+        stop = InterruptError()
+        _finish(unsent(named, stop), stop, (as_json, quiet), ("sent", time.monotonic()))
+        return  # not reached: _finish raises the interruption
 
-    bars = Progress(
-        show_bar(quiet, progress), sum(_size(s) for s in sources), len(sources)
-    )
+    bars = Progress(show_bar(quiet, progress), total, len(sources))
     pending = sources
     started = time.monotonic()
 

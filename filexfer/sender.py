@@ -230,7 +230,9 @@ def _local_failure(name: str, path: str, why: str) -> FileResult:
 
 def unsent(sources: list[Source], error: FilexferError) -> list[FileResult]:
     """Results for sources a failed session never got to: each has error."""
-    return [FileResult(s.name, s.path, error=error) for s in sources]
+    return [
+        FileResult(s.name, s.path, error=error, directory=s.directory) for s in sources
+    ]
 
 
 @dataclass

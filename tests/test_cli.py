@@ -1096,3 +1096,47 @@ def test_a_signal_where_python_ignores_errors_comes_again_after_it() -> None:
         signal.signal(signal.SIGUSR1, previous)
 
     assert again == [signal.SIGUSR1]
+
+
+def test_a_signal_while_put_reads_its_folders_reports_each_argument(
+    sender_home: Path, tmp_path: Path
+) -> None:
+    """Stopped while `put -r` is still walking a large tree (before any
+    file is known), every argument gets a failed object, with one line
+    and 130: a script is never left with no objects at all."""
+    tree = tmp_path / "wide"
+    (tree / "d000").mkdir(parents=True)
+    # Skipped with a warning as the walk starts: the sign that it has.
+    (tree / "d000" / "a-link").symlink_to("elsewhere")
+    for folder in range(40):
+        (tree / f"d{folder:03d}").mkdir(exist_ok=True)
+        for number in range(200):
+            (tree / f"d{folder:03d}" / f"f{number}").write_bytes(b"x")
+    single = tmp_path / "single.txt"
+    single.write_bytes(b"one\n")
+    command = ["put", "--json", "-r", single, tree, f"127.0.0.1:{closed_port()}"]
+    process = subprocess.Popen(
+        filexfer_command(*command),
+        env=base_env(sender_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        warning = process.stderr.readline()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    assert "a-link: not a regular file" in warning
+    assert process.returncode == 130, stderr
+    assert stderr == "filexfer: error: interrupted; copy not completed\n"
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert {record["status"] for record in records} == {"failed"}
+    assert [(r["name"], r["type"]) for r in records] == [
+        ("single.txt", "file"),
+        ("wide", "directory"),
+    ]
