@@ -64,7 +64,7 @@ from .storage import (
     OPEN_ATTEMPTS,
     OPEN_PAUSE,
     check_name,
-    is_part_name,
+    is_made_part_name,
     out_of_files,
 )
 
@@ -143,7 +143,8 @@ def _sources_under(
             if os.path.islink(path) or not os.path.isfile(path):
                 log.warning("skipping %s: not a regular file", printable(path))
                 continue
-            if is_part_name(name):
+            if is_made_part_name(name):
+                # Another such name is the user's: refused below, as reserved.
                 log.warning(
                     "skipping %s: an unfinished filexfer download", printable(path)
                 )

@@ -41,6 +41,7 @@ import functools
 import logging
 import mmap
 import os
+import re
 import resource
 import stat
 import struct
@@ -1001,6 +1002,15 @@ def digest_of(fd: int) -> bytes:
 def is_part_name(name: str) -> bool:
     """Whether a file name is one of this store's part files."""
     return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+
+
+def is_made_part_name(name: str) -> bool:
+    """Whether a name is exactly what a store gives its part files
+    (``.filexfer-`` 16 hex digits, or ``r`` and 32, then ``.part``)."""
+    return _MADE_PART.fullmatch(name) is not None
+
+
+_MADE_PART = re.compile(r"\.filexfer-(?:[0-9a-f]{16}|r[0-9a-f]{32})\.part")
 
 
 def _entry(name: str, info: os.stat_result, digest: bytes | None) -> StoredEntry:

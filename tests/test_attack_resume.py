@@ -155,6 +155,24 @@ def test_put_skips_leftover_part_files_in_a_tree(shared: Pair, tmp_path: Path) -
     assert sorted(p.name for p in (shared.area / "dl").iterdir()) == ["real.txt"]
 
 
+def test_a_users_file_named_like_a_part_file_fails_not_vanishes(
+    shared: Pair, tmp_path: Path
+) -> None:
+    """Only names filexfer itself gives its part files are skipped; a
+    user's file that merely looks like one is a file that cannot be sent
+    (exit 7), not one quietly left out of a backup."""
+    top = tmp_path / "src" / "mine"
+    top.mkdir(parents=True)
+    (top / "real.txt").write_text("real\n")
+    (top / ".filexfer-notes.part").write_text("the user's own\n")
+
+    done = shared.put("-r", top)
+
+    assert done.returncode == 7, done.stderr
+    assert ".filexfer-notes.part: cannot be sent (bad path: names" in done.stderr
+    assert sorted(p.name for p in (shared.area / "mine").iterdir()) == ["real.txt"]
+
+
 def test_an_empty_get_name_is_refused(shared: Pair) -> None:
     end = HostileClient(shared.receiver.port, shared.sender_home)
     end.send(msgs.Get("", True, True))
