@@ -28,7 +28,7 @@ import os
 from . import messages as msgs
 from .errors import Code, FilexferError, ProtocolError, RefusedError
 from .printable import printable
-from .sender import Source, send_files
+from .sender import FileResult, Source, send_files
 from .session import Channel
 from .storage import (
     LocalStore,
@@ -109,18 +109,35 @@ def _serve_get(
     sources = _sources(store, _requests(channel, first))
     results, error = send_files(channel, sources, strict=True)
     for result in results:
-        if result.ok:
-            log.info(
-                "event=get.complete session=%s key=%s path=%s bytes=%d unchanged=%s",
-                session_id,
-                channel.peer_short,
-                printable(result.name),
-                result.size,
-                str(result.unchanged).lower(),
-            )
+        _log_result(result, session_id, channel.peer_short, error)
     if error is not None:
         raise error
     return sum(result.ok for result in results)
+
+
+def _log_result(
+    result: FileResult, session_id: str, key: str, error: FilexferError | None
+) -> None:
+    """One line per file served: complete, or why not (a file that failed
+    here, say changed while sent; the session's own failure is logged
+    once, by the server)."""
+    if result.ok:
+        log.info(
+            "event=get.complete session=%s key=%s path=%s bytes=%d unchanged=%s",
+            session_id,
+            key,
+            printable(result.name),
+            result.size,
+            str(result.unchanged).lower(),
+        )
+    elif result.error is not None and result.error is not error:
+        log.warning(
+            "event=get.failed session=%s key=%s path=%s reason=%s",
+            session_id,
+            key,
+            printable(result.name),
+            result.error,
+        )
 
 
 def _requests(channel: Channel, first: msgs.Get) -> list[msgs.Get]:

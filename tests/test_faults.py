@@ -348,6 +348,8 @@ def test_stored_file_changed_while_served_names_it_not_the_daemons_path(
     )
     assert str(live_pair.receiver.root) not in stderr
     assert not (into / "served.bin").exists()
+    pattern = r"WARNING event=get\.failed .*path=served\.bin .*changed while being sent"
+    live_pair.receiver.wait_for_log(pattern)
 
 
 def test_source_replaced_while_sent_is_copied_as_opened(
