@@ -517,8 +517,10 @@ class PartFile:
                 rename failed; the part file is then removed.
         """
         final = self.placement.parts[-1]
-        self._close_fd()
         try:
+            # Renamed while still open: a resumable part stays locked until
+            # it has its final name, so no other session takes it for an
+            # abandoned one and deletes it in between.
             if self.placement.overwrite:
                 self._check_replaceable(final)
                 os.rename(
@@ -532,6 +534,7 @@ class PartFile:
         except OSError as exc:
             self.abort()
             raise refusal_for(exc) from exc
+        self._close_fd()
         self.store.release(self.placement)
 
     def _check_replaceable(self, final: str) -> None:
@@ -766,12 +769,8 @@ class LocalStore:
         try:
             fd = _open_locked(dir_fd, name, create=True)
         except FileExistsError:
-            try:
-                fd = _open_locked(dir_fd, name, create=False)
-            except OSError:
+            if not _remove_unheld(dir_fd, name):
                 return None  # in use by another session
-            os.unlink(name, dir_fd=dir_fd)
-            os.close(fd)
             try:
                 fd = _open_locked(dir_fd, name, create=True)
             except FileExistsError:
@@ -972,6 +971,32 @@ def _open_locked(dir_fd: int, name: str, create: bool) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _remove_unheld(dir_fd: int, name: str) -> bool:
+    """Delete the part under name unless a session holds it (False then).
+
+    The lock is taken on what the name held when it was opened: if the
+    session that held it has committed it since (renamed it to its final
+    name) or dropped it, the name is gone or new, and what was locked is
+    not touched.
+    """
+    try:
+        fd = _open_locked(dir_fd, name, create=False)
+    except FileNotFoundError:
+        return True  # gone meanwhile
+    except OSError:
+        return False
+    try:
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        then = os.fstat(fd)
+        if (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino):
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass  # committed or dropped meanwhile
+    finally:
+        os.close(fd)
+    return True
 
 
 def _set_metadata(fd: int, mode: int, mtime_ns: int) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from filexfer.errors import Code, RefusedError
 from filexfer.storage import (
@@ -806,3 +808,38 @@ def test_refresh_touches_only_the_version_that_was_hashed(
     store.refresh("f.bin", hashed, (0o755, 5, bytes(32)))
     assert stat.S_IMODE(os.stat(root / "f.bin").st_mode) != 0o755
     assert os.stat(root / "f.bin").st_mtime_ns != 5
+
+
+def test_a_resume_part_committed_while_another_session_locks_it_is_left_alone(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two identical uploads share a resume part name.  If the first
+    commits its part (renames it to the final name) between the second
+    opening that name and locking it, the second must neither delete nor
+    write the committed file: it starts a part of its own."""
+    data = b"x" * 64
+    first_store = LocalStore(root, min_free=0, resume_min=1)
+    second_store = LocalStore(root, min_free=0, resume_min=1)
+    first = first_store.open_part(first_store.reserve("f.bin", 64, False, mtime_ns=1))
+    first.write(data)
+    first.finish(0o644, 1, blake3(data).digest())
+    real_flock = fcntl.flock
+    committed: list[bool] = []
+
+    def commit_first_then_lock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB and not committed:
+            committed.append(True)
+            first.commit()  # renamed to f.bin, its lock released
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", commit_first_then_lock)
+    placement = second_store.reserve("f.bin", 64, True, mtime_ns=1)
+    second = second_store.open_part(placement)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    second.write(b"y" * 64)
+    second.abort()
+    first_store.close()
+    second_store.close()
+
+    assert (root / "f.bin").read_bytes() == data
+    assert leftovers(root) == []
