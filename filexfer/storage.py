@@ -967,33 +967,38 @@ def _open_locked(dir_fd: int, name: str, create: bool) -> int:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EISDIR, "not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not create:
+            _check_still_named(fd, dir_fd, name)
     except OSError:
         os.close(fd)
         raise
     return fd
 
 
-def _remove_unheld(dir_fd: int, name: str) -> bool:
-    """Delete the part under name unless a session holds it (False then).
+def _check_still_named(fd: int, dir_fd: int, name: str) -> None:
+    """Raise FileNotFoundError unless name still holds the file at fd.
 
-    The lock is taken on what the name held when it was opened: if the
-    session that held it has committed it since (renamed it to its final
-    name) or dropped it, the name is gone or new, and what was locked is
-    not touched.
+    A session that held the part may have committed it (renamed it to
+    its final name) between our open and our lock: what we locked is
+    then a finished file, never to be cut, written or deleted as a part.
+    Once we hold the lock, only we rename or delete what the name holds.
     """
+    now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    then = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
+        raise FileNotFoundError(errno.ENOENT, "part committed meanwhile", name)
+
+
+def _remove_unheld(dir_fd: int, name: str) -> bool:
+    """Delete the part under name unless a session holds it (False then)."""
     try:
         fd = _open_locked(dir_fd, name, create=False)
     except FileNotFoundError:
-        return True  # gone meanwhile
+        return True  # committed or dropped meanwhile
     except OSError:
         return False
     try:
-        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        then = os.fstat(fd)
-        if (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino):
-            os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass  # committed or dropped meanwhile
+        os.unlink(name, dir_fd=dir_fd)
     finally:
         os.close(fd)
     return True

@@ -20,6 +20,7 @@ from filexfer.storage import (
     MODE_MASK,
     PART_PREFIX,
     PART_SUFFIX,
+    RESUME_STEP,
     WRITEBACK_STEP,
     FileVersion,
     LocalStore,
@@ -843,3 +844,37 @@ def test_a_resume_part_committed_while_another_session_locks_it_is_left_alone(
 
     assert (root / "f.bin").read_bytes() == data
     assert leftovers(root) == []
+
+
+def test_a_part_committed_while_another_session_would_resume_it_stays_whole(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second identical upload looking for a part to resume opens the
+    name, and the first session commits that part before the lock is
+    taken: the committed file must not be cut and resumed into."""
+    data = os.urandom(2 * RESUME_STEP + 5)
+    first_store = LocalStore(root, min_free=0, resume_min=1)
+    second_store = LocalStore(root, min_free=0, resume_min=1)
+    placement = first_store.reserve("f.bin", len(data), False, mtime_ns=1)
+    first = first_store.open_part(placement)
+    first.write(data)
+    first.finish(0o644, 1, blake3(data).digest())
+    real_flock = fcntl.flock
+    committed: list[bool] = []
+
+    def commit_first_then_lock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB and not committed:
+            committed.append(True)
+            first.commit()
+        real_flock(fd, operation)
+
+    again = second_store.reserve("f.bin", len(data), True, mtime_ns=1)
+    monkeypatch.setattr(fcntl, "flock", commit_first_then_lock)
+    found = second_store.resumable_part(again)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    second_store.release(again)
+    first_store.close()
+    second_store.close()
+
+    assert committed and found is None
+    assert (root / "f.bin").read_bytes() == data
