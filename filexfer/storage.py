@@ -766,15 +766,20 @@ class LocalStore:
         An old part under that name that nobody holds is replaced.
         """
         name = placement.resume_name
+        # Made and locked under a name nobody else looks for, then given
+        # the resume name: another session never finds it unlocked (and
+        # takes it for abandoned) between its creation and its lock.
+        fresh = f"{PART_PREFIX}{os.urandom(8).hex()}{PART_SUFFIX}"
+        fd = _open_locked(dir_fd, fresh, create=True)
         try:
-            fd = _open_locked(dir_fd, name, create=True)
-        except FileExistsError:
-            if not _remove_unheld(dir_fd, name):
-                return None  # in use by another session
-            try:
-                fd = _open_locked(dir_fd, name, create=True)
-            except FileExistsError:
-                return None  # another session took the name meanwhile
+            published = _publish(dir_fd, fresh, name)
+        except OSError:
+            published = False
+        if not published:
+            with contextlib.suppress(OSError):
+                os.unlink(fresh, dir_fd=dir_fd)
+            os.close(fd)
+            return None  # in use by another session
         return PartFile(self, placement, dir_fd, name, fd, resumable=True)
 
     def sync_all(self) -> bool:
@@ -987,6 +992,24 @@ def _check_still_named(fd: int, dir_fd: int, name: str) -> None:
     then = os.fstat(fd)
     if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
         raise FileNotFoundError(errno.ENOENT, "part committed meanwhile", name)
+
+
+def _publish(dir_fd: int, fresh: str, name: str) -> bool:
+    """Rename a locked part to name, replacing an abandoned part there.
+
+    Returns False when a session holds the part under name.
+    """
+    try:
+        rename_no_replace(dir_fd, fresh, name)
+        return True
+    except FileExistsError:
+        if not _remove_unheld(dir_fd, name):
+            return False
+    try:
+        rename_no_replace(dir_fd, fresh, name)
+    except FileExistsError:
+        return False  # another session took the name meanwhile
+    return True
 
 
 def _remove_unheld(dir_fd: int, name: str) -> bool:
