@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -33,6 +34,8 @@ from filexfer.keys import fingerprint as key_fingerprint
 from filexfer.noise import HandshakeState
 from filexfer.records import MAX_PLAINTEXT, RecordDecoder, Sealer
 from filexfer.session import PROLOGUE, Channel
+
+_T = TypeVar("_T")
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "sample_data"
@@ -425,6 +428,36 @@ def filexfer_with_file_limit(limit: int, hard: int | None = None) -> list[str]:
         "main(sys.argv[1:])\n"
     )
     return [sys.executable, "-c", script]
+
+
+def cli_with_file_limit(
+    limit: int, args: Sequence[str | os.PathLike[str]], home: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run `filexfer ARGS` as a real process that may open limit files."""
+    return subprocess.run(
+        [*filexfer_with_file_limit(limit), *map(str, args)],
+        env=base_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def at_once(calls: Sequence[Callable[[], _T]], timeout: float = 200) -> list[_T]:
+    """Run every call in a thread of its own, all at once; their results."""
+    results: dict[int, _T] = {}
+
+    def run(number: int) -> None:
+        results[number] = calls[number]()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert len(results) == len(calls), "a call did not finish"
+    return [results[number] for number in range(len(calls))]
 
 
 def filexfer_command(*args: str | os.PathLike[str]) -> list[str]:

@@ -25,8 +25,8 @@ from tests.helpers import (
     Receiver,
     base_env,
     cli,
+    cli_with_file_limit,
     closed_port,
-    filexfer_with_file_limit,
     leftovers,
     random_file,
     sha256,
@@ -705,14 +705,7 @@ def test_get_with_few_descriptors_stores_every_file(pair: Pair, tmp_path: Path) 
         (folder / f"f{index:03d}.txt").write_text(f"{index}\n")
     command = ["get", "--fingerprint", pair.receiver_fingerprint]
     command += [pair.receiver.address, "many", "-r", "-o", str(tmp_path / "dl")]
-    done = subprocess.run(
-        [*filexfer_with_file_limit(24), *command],
-        env=base_env(pair.sender_home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = cli_with_file_limit(24, command, pair.sender_home)
 
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "dl" / "many").rglob("*.txt"))) == 300

@@ -6,6 +6,7 @@ receiver's disk, and that no part file is left behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -31,11 +32,12 @@ from tests.helpers import (
     Pair,
     Receiver,
     as_unprivileged,
+    at_once,
     authorize_sender,
     base_env,
     cli,
+    cli_with_file_limit,
     filexfer_command,
-    filexfer_with_file_limit,
     leftovers,
     random_file,
     sha256,
@@ -280,6 +282,16 @@ def many_small_files(top: Path, count: int) -> None:
         write(top / f"f{number:03d}.txt", f"{number}\n".encode())
 
 
+def limited_receiver(
+    pair: Pair, tmp_path: Path, limit: int = 64, hard: int | None = None
+) -> Receiver:
+    """The pair's receiver, started again under a limit on open files."""
+    pair.receiver.stop()
+    log = tmp_path / "limited.log"
+    home, root = pair.receiver.home, pair.receiver.root
+    return Receiver(home, root, log, max_files=limit, hard_max_files=hard).start()
+
+
 @pytest.mark.parametrize(
     ("soft", "hard"), [(64, None), (64, 4096)], ids=["fixed", "raisable"]
 )
@@ -291,14 +303,7 @@ def test_a_daemon_with_few_descriptors_still_takes_every_file(
     early rather than refuse files for want of descriptors."""
     top = tmp_path / "src" / "many"
     many_small_files(top, 300)
-    pair.receiver.stop()
-    limited = Receiver(
-        pair.receiver.home,
-        pair.receiver.root,
-        tmp_path / "limited.log",
-        max_files=soft,
-        hard_max_files=hard,
-    ).start()
+    limited = limited_receiver(pair, tmp_path, soft, hard)
     try:
         fingerprint = pair.receiver_fingerprint
         limited_pair = Pair(pair.sender_home, limited, pair.tmp, fingerprint)
@@ -324,24 +329,15 @@ def test_sessions_in_many_folders_share_few_descriptors(
     top = tmp_path / "src" / "tree"
     for folder in range(40):
         many_small_files(top / f"d{folder:02d}", 5)
-    pair.receiver.stop()
-    limited = Receiver(
-        pair.receiver.home, pair.receiver.root, tmp_path / "limited.log", max_files=64
-    ).start()
+    limited = limited_receiver(pair, tmp_path)
     fingerprint = pair.receiver_fingerprint
     limited_pair = Pair(pair.sender_home, limited, pair.tmp, fingerprint)
-    results: list[subprocess.CompletedProcess[str]] = []
 
-    def send() -> None:
-        results.append(limited_pair.put("-r", "--overwrite", top))
+    def send() -> subprocess.CompletedProcess[str]:
+        return limited_pair.put("-r", "--overwrite", top)
 
     try:
-        for _ in range(2):
-            threads = [threading.Thread(target=send) for _ in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(120)
+        results = at_once([send] * 4) + at_once([send] * 4)
     finally:
         limited.stop()
 
@@ -364,24 +360,16 @@ def test_a_daemon_with_few_descriptors_serves_whole_trees(
     for folder in range(80):
         many_small_files(top / f"d{folder:02d}", 4)
     assert_success(pair.put("-r", top), 320)
-    pair.receiver.stop()
-    limited = Receiver(
-        pair.receiver.home, pair.receiver.root, tmp_path / "limited.log", max_files=64
-    ).start()
-    results: dict[int, subprocess.CompletedProcess[str]] = {}
+    limited = limited_receiver(pair, tmp_path)
 
-    def fetch(number: int) -> None:
+    def fetch(number: int) -> subprocess.CompletedProcess[str]:
         into = tmp_path / f"copy{number}"
         command = ["get", "--fingerprint", pair.receiver_fingerprint]
         command += [limited.address, "tree", "-r", "-o", str(into)]
-        results[number] = cli(command, pair.sender_home)
+        return cli(command, pair.sender_home)
 
     try:
-        threads = [threading.Thread(target=fetch, args=(n,)) for n in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        results = at_once([functools.partial(fetch, n) for n in range(3)])
     finally:
         limited.stop()
 
@@ -442,27 +430,16 @@ def test_a_crowd_at_a_daemon_with_few_descriptors_is_busy_not_refused(
     tops = [tmp_path / f"src{number}" / "crowd" for number in range(12)]
     for copy in tops:  # new files for every put: part files, commit batches
         shutil.copytree(top, copy)
-    pair.receiver.stop()
-    limited = Receiver(
-        pair.receiver.home, pair.receiver.root, tmp_path / "limited.log", max_files=64
-    ).start()
+    limited = limited_receiver(pair, tmp_path)
     trust = ["--fingerprint", pair.receiver_fingerprint, "--retry", "4"]
     jobs = [["put", *trust, "-r", "--overwrite", str(t), limited.address] for t in tops]
     for number in range(6):
         into = str(tmp_path / f"copy{number}")
         jobs.append(["get", *trust, limited.address, "crowd", "-r", "-o", into])
         jobs.append(["ls", *trust, limited.address, "crowd", "-r"])
-    results: list[subprocess.CompletedProcess[str]] = []
-
-    def run(command: list[str]) -> None:
-        results.append(cli(command, pair.sender_home, timeout=180))
-
+    calls = [functools.partial(cli, job, pair.sender_home, timeout=180) for job in jobs]
     try:
-        threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(200)
+        results = at_once(calls)
     finally:
         limited.stop()
 
@@ -480,14 +457,7 @@ def test_put_with_fewer_descriptors_than_its_offer_window(
     offers fewer: every file is sent, none fails as unreadable."""
     top = tmp_path / "src" / "many"
     many_small_files(top, 200)
-    done = subprocess.run(
-        [*filexfer_with_file_limit(24), *map(str, pair.put_args("-r", top))],
-        env=base_env(pair.sender_home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = cli_with_file_limit(24, pair.put_args("-r", top), pair.sender_home)
 
     assert done.returncode == 0, done.stderr
     assert len(list((pair.area / "many").iterdir())) == 200
@@ -1012,17 +982,7 @@ def test_put_of_many_files_needs_few_descriptors(pair: Pair, tmp_path: Path) -> 
     top.mkdir(parents=True)
     for index in range(300):
         (top / f"f{index:03d}.txt").write_text(f"{index}\n")
-    done = subprocess.run(
-        [
-            *filexfer_with_file_limit(128),
-            *map(str, pair.put_args("-q", "-r", top)),
-        ],
-        env=base_env(pair.sender_home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = cli_with_file_limit(128, pair.put_args("-q", "-r", top), pair.sender_home)
 
     assert done.returncode == 0, done.stderr
     assert len(list((pair.area / "many").iterdir())) == 300

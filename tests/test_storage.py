@@ -811,6 +811,36 @@ def test_refresh_touches_only_the_version_that_was_hashed(
     assert os.stat(root / "f.bin").st_mtime_ns != 5
 
 
+def finished_part(store: LocalStore, data: bytes) -> PartFile:
+    """A resumable part of f.bin holding data, ready to commit."""
+    part = store.open_part(store.reserve("f.bin", len(data), False, mtime_ns=1))
+    part.write(data)
+    part.finish(0o644, 1, blake3(data).digest())
+    return part
+
+
+@contextlib.contextmanager
+def committed_at_next_lock(
+    part: PartFile, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[bool]]:
+    """Within, the next non-blocking lock first commits part: another
+    session's commit landing between an open of its name and the lock."""
+    real_flock = fcntl.flock
+    committed: list[bool] = []
+
+    def commit_then_lock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB and not committed:
+            committed.append(True)
+            part.commit()  # renamed to f.bin, its lock released
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", commit_then_lock)
+    try:
+        yield committed
+    finally:
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+
+
 def test_a_resume_part_committed_while_another_session_locks_it_is_left_alone(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -821,22 +851,11 @@ def test_a_resume_part_committed_while_another_session_locks_it_is_left_alone(
     data = b"x" * 64
     first_store = LocalStore(root, min_free=0, resume_min=1)
     second_store = LocalStore(root, min_free=0, resume_min=1)
-    first = first_store.open_part(first_store.reserve("f.bin", 64, False, mtime_ns=1))
-    first.write(data)
-    first.finish(0o644, 1, blake3(data).digest())
-    real_flock = fcntl.flock
-    committed: list[bool] = []
+    first = finished_part(first_store, data)
 
-    def commit_first_then_lock(fd: int, operation: int) -> None:
-        if operation & fcntl.LOCK_NB and not committed:
-            committed.append(True)
-            first.commit()  # renamed to f.bin, its lock released
-        real_flock(fd, operation)
-
-    monkeypatch.setattr(fcntl, "flock", commit_first_then_lock)
-    placement = second_store.reserve("f.bin", 64, True, mtime_ns=1)
-    second = second_store.open_part(placement)
-    monkeypatch.setattr(fcntl, "flock", real_flock)
+    with committed_at_next_lock(first, monkeypatch):
+        placement = second_store.reserve("f.bin", 64, True, mtime_ns=1)
+        second = second_store.open_part(placement)
     second.write(b"y" * 64)
     second.abort()
     first_store.close()
@@ -855,23 +874,11 @@ def test_a_part_committed_while_another_session_would_resume_it_stays_whole(
     data = os.urandom(2 * RESUME_STEP + 5)
     first_store = LocalStore(root, min_free=0, resume_min=1)
     second_store = LocalStore(root, min_free=0, resume_min=1)
-    placement = first_store.reserve("f.bin", len(data), False, mtime_ns=1)
-    first = first_store.open_part(placement)
-    first.write(data)
-    first.finish(0o644, 1, blake3(data).digest())
-    real_flock = fcntl.flock
-    committed: list[bool] = []
-
-    def commit_first_then_lock(fd: int, operation: int) -> None:
-        if operation & fcntl.LOCK_NB and not committed:
-            committed.append(True)
-            first.commit()
-        real_flock(fd, operation)
+    first = finished_part(first_store, data)
 
     again = second_store.reserve("f.bin", len(data), True, mtime_ns=1)
-    monkeypatch.setattr(fcntl, "flock", commit_first_then_lock)
-    found = second_store.resumable_part(again)
-    monkeypatch.setattr(fcntl, "flock", real_flock)
+    with committed_at_next_lock(first, monkeypatch) as committed:
+        found = second_store.resumable_part(again)
     second_store.release(again)
     first_store.close()
     second_store.close()
