@@ -89,6 +89,11 @@ class Source(NamedTuple):
     opener: Callable[[], int] | None = None
     refusal: RefusedError | None = None
 
+    @property
+    def empty(self) -> bool:
+        """Whether it is offered with no data: a folder, or a refusal."""
+        return self.directory or self.refusal is not None
+
 
 @dataclass
 class FileResult:
@@ -463,7 +468,7 @@ class _Job:
     def _open(self, source: Source, last_try: bool) -> _Opened | FileResult | None:
         handle = None
         try:
-            if source.directory or source.refusal is not None:
+            if source.empty:
                 info = os.stat(source.path, follow_symlinks=False)
             else:
                 handle = _open_source(source)
@@ -499,17 +504,16 @@ class _Job:
             failure.size = 0 if source.directory else info.st_size
             return failure
         result = FileResult(source.name, source.path, size=info.st_size)
-        if source.directory or source.refusal is not None:
+        if source.empty:
             result.size, result.directory = 0, source.directory
         return _Opened(len(self.offered), source, handle, info, result)
 
     def _offer(self, opened: _Opened) -> None:
         info, directory = opened.info, opened.source.directory
-        empty = directory or opened.source.refusal is not None
         self.channel.send(
             msgs.Offer(
                 opened.file_id,
-                0 if empty else info.st_size,
+                0 if opened.source.empty else info.st_size,
                 info.st_mtime_ns,
                 stat.S_IMODE(info.st_mode),
                 self.overwrite,

@@ -50,13 +50,10 @@ from .session import Channel, Timeouts, accept
 from .storage import (
     KEEP_MODES_MASK,
     MODE_MASK,
-    OPEN_ATTEMPTS,
-    OPEN_PAUSE,
     LocalStore,
     NameLimits,
     load_libc,
     make_directories,
-    out_of_files,
     raise_file_limit,
     wait_for_files,
 )
@@ -373,16 +370,17 @@ class Server:
         if grant is None:
             raise TrustError("sender key is no longer authorized")
         mask = KEEP_MODES_MASK if self.config.keep_modes else MODE_MASK
-        for attempt in range(OPEN_ATTEMPTS):
-            try:
-                area = self._area(grant)
-                store = LocalStore(area, self.config.limits, self.config.min_free, mask)
-                return grant, area, store
-            except OSError as exc:
-                if not out_of_files(exc) or attempt == OPEN_ATTEMPTS - 1:
-                    raise self._area_error(grant, exc) from exc
-            time.sleep(OPEN_PAUSE)  # out of descriptors: other sessions free some
-        raise AssertionError("unreachable")
+
+        def open_area() -> tuple[Path, LocalStore]:
+            area = self._area(grant)
+            config = self.config
+            return area, LocalStore(area, config.limits, config.min_free, mask)
+
+        try:
+            area, store = wait_for_files(open_area)
+        except OSError as exc:
+            raise self._area_error(grant, exc) from exc
+        return grant, area, store
 
     def _area_error(self, grant: Grant, exc: OSError) -> RefusedError:
         """The sender hears its area's name; the log has the whole path."""
