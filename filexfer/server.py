@@ -386,7 +386,7 @@ class Server:
         """The sender hears its area's name; the log has the whole path."""
         log.error(
             "event=recv.area_error path=%s reason=%s",
-            printable(str(exc.filename)),
+            printable(str(exc.filename or self.config.root)),
             exc.strerror,
         )
         name = "--dir" if self.config.shared else grant.area or area_for(grant.key)

@@ -71,8 +71,9 @@ CHUNK_SIZE = 1 << 20
 INBOX_SIZE = 256 << 10
 # Corked messages are sent before more than this would be held.
 MAX_HELD = 64 << 10
-# What a Reject, Abort or Error holds besides its reason, with room to spare.
-REASON_OVERHEAD = 64
+# What a message holds besides its one text field (a reason, a name),
+# with room to spare.
+TEXT_OVERHEAD = 64
 # Record buffers start this small and grow to the largest record size the
 # first time a record needs it: a session of small files never touches
 # (and a one-file put never pays to clear) megabytes of buffers.
@@ -238,7 +239,7 @@ class Channel:
         self._send_plain(msgs.encode(message))
 
     def _fitting(self, reason: str) -> str:
-        room = min(msgs.MAX_TEXT, self.max_out - REASON_OVERHEAD)
+        room = min(msgs.MAX_TEXT, self.max_out - TEXT_OVERHEAD)
         raw = reason.encode("utf-8")
         if len(raw) <= room:
             return reason
@@ -252,7 +253,7 @@ class Channel:
         check there, and look like tampering.
         """
         name = getattr(message, "name", "")
-        if 4 * len(name) + REASON_OVERHEAD <= self.max_out:
+        if 4 * len(name) + TEXT_OVERHEAD <= self.max_out:
             return None  # fits whatever the name's UTF-8: no need to encode
         if len(msgs.encode(message)) <= self.max_out:
             return None
