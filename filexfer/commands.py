@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -106,17 +106,14 @@ def put(
     try:
         sources, failures = collect_sources(list(args[:-1]), recursive)
         total = sum(_size(s) for s in sources)
+        bars = Progress(show_bar(quiet, progress), total, len(sources))
     except KeyboardInterrupt:
-        # Stopped while reading the folders: each argument stands for the
-        # files below it, which are not known yet.
+        # Stopped before sending (while reading the folders, say): each
+        # argument stands for the files below it.
         named = [
             Source(arg, receiver_name(arg), os.path.isdir(arg)) for arg in args[:-1]
         ]
-        stop = InterruptError()
-        _finish(unsent(named, stop), stop, (as_json, quiet), ("sent", time.monotonic()))
-        return  # not reached: _finish raises the interruption
-
-    bars = Progress(show_bar(quiet, progress), total, len(sources))
+        _stopped_before_start(named, (as_json, quiet), "sent")
     pending = sources
     started = time.monotonic()
 
@@ -133,6 +130,15 @@ def put(
     finally:
         bars.close()
     _finish(failures + sent, session_error, (as_json, quiet), ("sent", started))
+
+
+def _stopped_before_start(
+    sources: list[Source], output: tuple[bool, bool], verb: str
+) -> NoReturn:
+    """End a job stopped before it started: every source failed, 130."""
+    stop = InterruptError()
+    _finish(unsent(sources, stop), stop, output, (verb, time.monotonic()))
+    raise AssertionError("unreachable: _finish raises the interruption")
 
 
 def _finish(
@@ -277,17 +283,21 @@ def _download(
     ``options`` is (recursive, overwrite, keep_modes); ``output`` is
     (as_json, quiet, progress).
     """
-    from .getter import get_files
-
     recursive, overwrite, keep_modes = options
     as_json, quiet, progress = output
     # Every part gets the name a rerun of this download looks for, so that
     # a killed get leaves nothing the next one does not take over.
     mask = KEEP_MODES_MASK if keep_modes else MODE_MASK
-    _open_store(root, mask).close()  # an unusable -o is found before connecting
-    raise_file_limit()  # as recv: files waiting for their commit hold one each
-    load_libc()
-    bars = Progress(show_bar(quiet, progress), 0, 1)
+    try:
+        from .getter import get_files
+
+        _open_store(root, mask).close()  # an unusable -o is found first
+        raise_file_limit()  # as recv: files waiting for their commit hold one each
+        load_libc()
+        bars = Progress(show_bar(quiet, progress), 0, 1)
+    except KeyboardInterrupt:
+        asked = [Source(str(root / r.local), r.local) for r in requests]
+        _stopped_before_start(asked, (as_json, quiet), "received")
     started = time.monotonic()
 
     def attempt() -> tuple[list[FileResult], FilexferError | None]:
