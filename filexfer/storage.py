@@ -118,6 +118,11 @@ def _refuse(why: str) -> RefusedError:
     return RefusedError(f"bad path: {why}", Code.BAD_PATH)
 
 
+# C0 and C1 controls, DEL, the backslash, and the lone surrogates that
+# stand for bytes that were not UTF-8.
+_BAD_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\\\ud800-\udfff]")
+
+
 def _check_component(name: str, part: str, limits: NameLimits) -> None:
     if part in ("", ".", ".."):
         raise _refuse(f"component {part!r} is not allowed")
@@ -127,12 +132,12 @@ def _check_component(name: str, part: str, limits: NameLimits) -> None:
         raise _refuse("names like .filexfer-*.part are reserved")
     if len(part.encode("utf-8", "surrogatepass")) > limits.max_component:
         raise _refuse("a component is too long")
-    for ch in part:
-        code = ord(ch)
-        if code < 0x20 or 0x7F <= code <= 0x9F or ch == "\\":
-            raise _refuse("control character or backslash in name")
-        if 0xD800 <= code <= 0xDFFF:
-            raise _refuse("name is not valid UTF-8")
+    bad = _BAD_CHARACTER.search(part)
+    if bad is None:
+        return
+    if 0xD800 <= ord(bad.group()) <= 0xDFFF:
+        raise _refuse("name is not valid UTF-8")
+    raise _refuse("control character or backslash in name")
 
 
 def check_name(name: str, limits: NameLimits = NameLimits()) -> tuple[str, ...]:
@@ -581,6 +586,9 @@ class LocalStore:
         self._reserved = 0
         self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         self._dirs: dict[tuple[str, ...], int] = {}
+        # Folders found missing since the cache was last emptied: offers
+        # run ahead of the data, so many name a folder not made yet.
+        self._missing: set[tuple[str, ...]] = set()
 
     def close(self) -> None:
         self.close_dirs()
@@ -595,6 +603,7 @@ class LocalStore:
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
+        self._missing.clear()
 
     def free_bytes(self) -> int:
         info = os.fstatvfs(self._root_fd)
@@ -640,10 +649,20 @@ class LocalStore:
         return placement
 
     def _check_target(self, parts: tuple[str, ...], overwrite: bool, size: int) -> bool:
-        """Refuse a target that may not be written; True if it has that size."""
+        """Refuse a target that may not be written; True if it has that size.
+
+        A folder seen missing is not looked for again until the cache is
+        emptied.  Should another session make it meanwhile, a file that
+        appears in it is still met at the commit, which never replaces a
+        file it was not allowed to.
+        """
+        folder = parts[:-1]
+        if folder in self._missing:
+            return False
         try:
-            dir_fd = self._walk(parts[:-1], create=False)
+            dir_fd = self._walk(folder, create=False)
         except FileNotFoundError:
+            self._missing.add(folder)
             return False  # a parent is missing, so the target cannot exist
         except OSError as exc:
             raise refusal_for(exc) from exc
@@ -737,6 +756,7 @@ class LocalStore:
                 os.mkdir(parts[-1], 0o755, dir_fd=fd)
             child = os.open(parts[-1], flags, dir_fd=fd)
         self._dirs[parts] = child
+        self._missing.discard(parts)
         return child
 
     def open_part(self, placement: Placement) -> PartFile:
