@@ -37,6 +37,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import NamedTuple
 
 from . import messages as msgs
@@ -88,14 +89,11 @@ class Timeouts(NamedTuple):
     idle: float = 60.0
 
 
-@contextlib.contextmanager
-def translate(
-    what: str,
-    idle: float | None = None,
-    peer: str = "peer",
-    deadline: _Deadline | None = None,
-) -> Iterator[None]:
+class translate:  # noqa: N801 - used as a function: ``with translate(...)``
     """Turn foreign exceptions raised inside the block into ours.
+
+    A class rather than a generator: it wraps every record sent and
+    received, where a generator's set-up would cost more than the check.
 
     Args:
         what: the step, for messages ("receive", "handshake").
@@ -103,20 +101,47 @@ def translate(
         peer: what to call the other side ("receiver", "sender").
         deadline: the handshake's clock, when the block is a handshake.
     """
-    try:
-        yield
-    except FilexferError:
-        raise
-    except TimeoutError as exc:
-        raise _timeout(what, idle, peer, deadline) from exc
-    except (RecordError, NoiseError) as exc:
-        raise IntegrityError(f"{what}: connection failed its integrity check") from exc
-    except msgs.MessageError as exc:
-        raise ProtocolError(f"{what}: {peer} sent a malformed message ({exc})") from exc
-    except (ConnectionError, EOFError) as exc:
-        raise ConnectError(f"{what}: connection lost") from exc
-    except OSError as exc:
-        raise ConnectError(f"{what}: {exc.strerror or exc}") from exc
+
+    __slots__ = ("deadline", "idle", "peer", "what")
+
+    def __init__(
+        self,
+        what: str,
+        idle: float | None = None,
+        peer: str = "peer",
+        deadline: _Deadline | None = None,
+    ) -> None:
+        self.what = what
+        self.idle = idle
+        self.peer = peer
+        self.deadline = deadline
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, FilexferError):
+            return
+        what, peer = self.what, self.peer
+        if isinstance(exc, TimeoutError):
+            raise _timeout(what, self.idle, peer, self.deadline) from exc
+        if isinstance(exc, RecordError | NoiseError):
+            raise IntegrityError(
+                f"{what}: connection failed its integrity check"
+            ) from exc
+        if isinstance(exc, msgs.MessageError):
+            raise ProtocolError(
+                f"{what}: {peer} sent a malformed message ({exc})"
+            ) from exc
+        if isinstance(exc, ConnectionError | EOFError):
+            raise ConnectError(f"{what}: connection lost") from exc
+        if isinstance(exc, OSError):
+            raise ConnectError(f"{what}: {exc.strerror or exc}") from exc
 
 
 def _timeout(
@@ -203,6 +228,9 @@ class Channel:
     ) -> None:
         self.sock = sock
         self.peer_key = peer_key
+        # Computed once: log lines name the peer for every file.
+        self.peer_fingerprint = fingerprint(peer_key)
+        self.peer_short = short_fingerprint(peer_key)
         self.idle = idle
         self.max_out = max_out
         self.chunk_size = min(CHUNK_SIZE, max_out - 1)
@@ -217,15 +245,10 @@ class Channel:
         self._inbox = bytearray(INBOX_SIZE)
         self._inbox_start = self._inbox_end = 0
         self._streaming = False  # the last record was large
+        # poll, not select: a daemon's socket may be descriptor 1024 or more.
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         sock.settimeout(idle)
-
-    @property
-    def peer_fingerprint(self) -> str:
-        return fingerprint(self.peer_key)
-
-    @property
-    def peer_short(self) -> str:
-        return short_fingerprint(self.peer_key)
 
     def send(self, message: msgs.Message) -> None:
         """Send one control message (held back while corked).
@@ -352,10 +375,7 @@ class Channel:
         """Whether input is here, already read or on the socket, within wait."""
         if self._inbox_end > self._inbox_start:
             return True
-        # poll, not select: a daemon's socket may be descriptor 1024 or more.
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        return bool(poller.poll(math.ceil(wait * 1000)))
+        return bool(self._poller.poll(math.ceil(wait * 1000)))
 
     def _read_exact(self, view: memoryview, blocks: bool = True) -> None:
         """Fill view with the next input bytes.
