@@ -62,15 +62,35 @@ if TYPE_CHECKING:
     from .server import Server, ServerConfig
 
 
+class _EventFormatter(logging.Formatter):
+    """``2026-12-05T03:59:49.831Z INFO event=...``: UTC to the millisecond.
+
+    The daemon logs a line per file, so the date is formatted once a
+    second, not once a line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(  # noqa: N802 - logging's name
+        self, record: logging.LogRecord, datefmt: str | None = None
+    ) -> str:
+        second = int(record.created)
+        if second != self._second:  # handlers format under their lock
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{int(record.msecs):03d}Z"
+
+
 def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
-            datefmt="%Y-%m-%dT%H:%M:%S",
-        )
-    )
-    logging.Formatter.converter = time.gmtime
+    handler.setFormatter(_EventFormatter())
+    # Lines name no source line, thread or process: not looking them up
+    # saves a third of the cost of each line.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger("filexfer")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
