@@ -88,6 +88,11 @@ MAX_PENDING = 256
 WRITE_BUFFERS = 6
 LARGE_FILE = 8 << 20
 FLUSH_PAUSE = 0.01
+# Sealed replies held back while input is waiting, at most: a dozen
+# Accepts.  Holding them until the input runs dry made the two sides take
+# turns, as the sender runs out of answered offers just as it stops
+# sending; sent on, they reach it while it is still busy.
+REPLIES_HELD = 512
 EMPTY_DIGEST = blake3().digest()
 
 
@@ -314,12 +319,15 @@ class ReceiveSession:
         """Batch replies while input is here; commit a batch that has aged.
 
         Accepts and Dones are held back while more input is waiting on the
-        socket and sent together, in one write, before this side would
-        block: the sender never waits on a reply held here.  Finished files
+        socket and sent together, in one write, once REPLIES_HELD bytes of
+        them are held and before this side would block: the sender never
+        waits on a reply held here.  Finished files
         wait at most BATCH_SECONDS for their commit, whether the next file
         is still streaming or the sender has gone quiet.
         """
         if self.channel.input_waiting():
+            if self.channel.held >= REPLIES_HELD:
+                self.channel.flush()  # the sender may be waiting for these
             self.channel.cork()
             if self.batch and self._batch_age() >= BATCH_SECONDS:
                 self._flush()

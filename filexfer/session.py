@@ -294,6 +294,11 @@ class Channel:
         if self._held is None:
             self._held = bytearray()
 
+    @property
+    def held(self) -> int:
+        """How many sealed bytes are held back."""
+        return len(self._held) if self._held is not None else 0
+
     def flush(self) -> None:
         """Send whatever is held back, and stop holding."""
         held, self._held = self._held, None

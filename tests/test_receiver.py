@@ -11,8 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from filexfer.receiver import LARGE_FILE
-from tests.attackers import Proxy, Tamper, put_process, running
+from filexfer import messages as msgs
+from filexfer.receiver import LARGE_FILE, REPLIES_HELD
+from tests.attackers import HostileClient, Proxy, Tamper, put_process, running
 from tests.helpers import Pair, leftovers, random_file, sha256
 
 MiB = 1 << 20
@@ -120,4 +121,33 @@ def test_finished_file_is_committed_within_a_second_while_the_next_streams(
 
     assert process.returncode == 0, stderr
     assert sha256(pair.area / "still-coming.bin") == sha256(medium)
+    assert leftovers(pair.area) == []
+
+
+def test_answers_go_out_while_the_sender_is_still_sending(pair: Pair) -> None:
+    """Accepts are not all held until the receiver's input runs dry.
+
+    A sender offers ahead and streams a file as soon as its Accept is in;
+    had the receiver held every answer while input kept arriving, the two
+    sides would take turns instead of working at once.  Here the input never
+    runs dry: the record after the offers is only half sent.  The first
+    answers must arrive all the same, and the rest once the record is whole.
+    """
+    end = HostileClient(pair.receiver.port, pair.sender_home)
+    mtime = 1_700_000_000 * 10**9
+    offers = [
+        end.sealer.seal(msgs.encode(msgs.Offer(i, 1, mtime, 0o644, False, f"ahead{i}")))
+        for i in range(41)
+    ]
+    assert 40 * len(offers[0]) > 2 * REPLIES_HELD  # enough to fill the hold
+    last = offers.pop()
+    end.send_raw(b"".join(offers) + last[:10])
+
+    early = [end.recv(timeout=10) for _ in range(2)]
+    assert early == [msgs.Accept(0, 0), msgs.Accept(1, 0)]
+
+    end.send_raw(last[10:])
+    answers = [end.recv() for _ in range(39)]
+    assert answers == [msgs.Accept(i, 0) for i in range(2, 41)]
+    end.close()
     assert leftovers(pair.area) == []
