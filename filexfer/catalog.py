@@ -26,18 +26,13 @@ import logging
 import os
 
 from . import messages as msgs
+from .disk import out_of_files, wait_for_files
 from .errors import Code, FilexferError, ProtocolError, RefusedError
+from .names import check_name, names_overlap
 from .printable import printable
 from .sender import FileResult, Source, send_files
 from .session import Channel
-from .storage import (
-    LocalStore,
-    StoredEntry,
-    check_name,
-    names_overlap,
-    out_of_files,
-    wait_for_files,
-)
+from .storage import LocalStore, StoredEntry
 
 log = logging.getLogger(__name__)
 

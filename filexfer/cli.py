@@ -42,6 +42,7 @@ from .keys import (
     load_identity,
     sender_grants,
 )
+from .names import NameLimits
 from .options import (
     DEFAULT_PORT,
     EXIT_CODES,
@@ -56,7 +57,6 @@ from .options import (
 )
 from .report import Debug, emit, guard_streams, lost_output, print_error
 from .session import Timeouts
-from .storage import NameLimits
 
 if TYPE_CHECKING:
     from .server import Server, ServerConfig

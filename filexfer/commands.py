@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from . import messages as msgs
+from .disk import load_libc, raise_file_limit
 from .errors import (
     ConnectError,
     FilexferError,
@@ -51,13 +52,7 @@ from .sender import (
     unsent,
 )
 from .session import Channel
-from .storage import (
-    KEEP_MODES_MASK,
-    MODE_MASK,
-    LocalStore,
-    load_libc,
-    raise_file_limit,
-)
+from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
 
 if TYPE_CHECKING:
     from .getter import Request

@@ -41,11 +41,12 @@ from .errors import (
     RefusedError,
     UsageError,
 )
+from .names import check_name, names_overlap
 from .printable import named, printable
 from .receiver import ReceiveSession, Watcher
 from .sender import FileResult
 from .session import Channel
-from .storage import LocalStore, check_name, names_overlap
+from .storage import LocalStore
 
 log = logging.getLogger(__name__)
 

@@ -51,9 +51,9 @@ from typing import NamedTuple
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .disk import make_directories, sync_directory
 from .errors import TrustError, UsageError, os_reason
 from .printable import is_plain, printable
-from .storage import make_directories, sync_directory
 
 KEY_PREFIX = "fx1"
 PRIVATE_PREFIX = "fx1-private-"

@@ -30,6 +30,7 @@ import click
 from click.core import ParameterSource
 
 from .config import load as load_config
+from .disk import make_directories
 from .errors import (
     ConnectError,
     FilexferError,
@@ -50,7 +51,6 @@ from .keys import (
 from .printable import printable
 from .sender import FileResult
 from .session import Channel, Timeouts, connect
-from .storage import make_directories
 
 DEFAULT_PORT = 7757
 MAX_SECONDS = 86400.0  # a day: longer timeouts are typing mistakes

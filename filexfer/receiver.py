@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 from blake3 import blake3
 
 from . import messages as msgs
+from .disk import OPEN_ATTEMPTS, OPEN_PAUSE, aligned_buffer, out_of_files
 from .errors import (
     Code,
     ConnectError,
@@ -62,15 +63,11 @@ from .errors import (
 from .printable import named, printable, printable_relayed
 from .session import Channel
 from .storage import (
-    OPEN_ATTEMPTS,
-    OPEN_PAUSE,
     FileVersion,
     LocalStore,
     PartFile,
     Placement,
-    aligned_buffer,
     digest_of,
-    out_of_files,
     refusal_for,
 )
 

@@ -45,6 +45,7 @@ from typing import NamedTuple
 from blake3 import blake3
 
 from . import messages as msgs
+from .disk import OPEN_ATTEMPTS, OPEN_PAUSE, out_of_files
 from .errors import (
     Code,
     ConnectError,
@@ -58,15 +59,9 @@ from .errors import (
     from_code,
     os_reason,
 )
+from .names import check_name, is_made_part_name
 from .printable import named, printable, printable_relayed
 from .session import Channel
-from .storage import (
-    OPEN_ATTEMPTS,
-    OPEN_PAUSE,
-    check_name,
-    is_made_part_name,
-    out_of_files,
-)
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from types import FrameType
 
 from . import messages as msgs
 from .catalog import serve_reading
+from .disk import load_libc, make_directories, raise_file_limit, wait_for_files
 from .errors import Code, ConnectError, FilexferError, RefusedError, TrustError
 from .keys import (
     Grant,
@@ -43,20 +44,12 @@ from .keys import (
     sender_grants,
     short_fingerprint,
 )
+from .names import NameLimits
 from .printable import printable
 from .receiver import ReceiveSession
 from .records import MAX_PLAINTEXT
 from .session import Channel, Timeouts, accept
-from .storage import (
-    KEEP_MODES_MASK,
-    MODE_MASK,
-    LocalStore,
-    NameLimits,
-    load_libc,
-    make_directories,
-    raise_file_limit,
-    wait_for_files,
-)
+from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,9 @@ How this works
 --------------
 Every write path (plain files, files inside a sent tree, downloads) goes
 through one :class:`LocalStore`, and every name through
-:func:`check_name`.  A name is a relative POSIX path of UTF-8 components;
-the store refuses it before touching the disk if it is empty, absolute,
-has an empty, ``.`` or ``..`` component, holds NUL, a backslash or a
-control character, breaks the length and depth limits, or has a
-component named like the store's own part files (``.filexfer-*.part``).
+:func:`~filexfer.names.check_name` before anything touches the disk.
+The system calls beneath (syncs, the no-replace rename, direct-I/O
+buffers) are in :mod:`filexfer.disk`.
 
 The store never follows a symlink under its root.  It walks to the parent
 directory one component at a time with ``O_NOFOLLOW | O_DIRECTORY``
@@ -39,29 +37,33 @@ import errno
 import fcntl
 import functools
 import logging
-import mmap
 import os
-import re
-import resource
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from blake3 import blake3
 
-from .errors import Code, FilexferError, RefusedError
+from .disk import (
+    DIRECT_ALIGN,
+    O_DIRECT,
+    rename_no_replace,
+    start_writeback,
+    syncfs,
+    wait_for_files,
+)
+from .errors import Code, RefusedError
+from .names import PART_PREFIX, PART_SUFFIX, NameLimits, check_name, is_part_name
 from .printable import printable
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-PART_PREFIX = ".filexfer-"
-PART_SUFFIX = ".part"
 MODE_MASK = 0o755
 # What --keep-modes allows: group and other write bits too, never the
 # setuid, setgid or sticky bits.
@@ -75,6 +77,10 @@ RESUME_MIN = 8 << 20
 RESUME_STEP = 1 << 20
 RESUME_PREFIX = PART_PREFIX + "r"
 KEEP_SECONDS = 7 * 86400
+# A large file is handed to the disk in steps of this size while it is
+# still arriving, so that the fsync before its commit finds little left to
+# do, and dirty pages never pile up into one long stall.
+WRITEBACK_STEP = 16 << 20
 # The digest of a committed file, kept with it where the file system has
 # user extended attributes: digest, then the size and mtime it is valid for.
 DIGEST_ATTR = "user.filexfer.blake3"
@@ -103,285 +109,6 @@ class FileVersion(NamedTuple):
     @classmethod
     def of(cls, info: os.stat_result) -> FileVersion:
         return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-class NameLimits(NamedTuple):
-    """Limits on names a peer may send; all have CLI flags on recv."""
-
-    max_component: int = 255  # bytes of UTF-8, the usual NAME_MAX
-    max_path: int = 4096  # bytes of UTF-8 for the whole relative name
-    max_depth: int = 32  # components
-
-
-def _refuse(why: str) -> RefusedError:
-    # No name in the text: log lines and the sender's message add it.
-    return RefusedError(f"bad path: {why}", Code.BAD_PATH)
-
-
-# C0 and C1 controls, DEL, the backslash, and the lone surrogates that
-# stand for bytes that were not UTF-8.
-_BAD_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\\\ud800-\udfff]")
-
-
-def _check_component(name: str, part: str, limits: NameLimits) -> None:
-    if part in ("", ".", ".."):
-        raise _refuse(f"component {part!r} is not allowed")
-    if part.startswith(PART_PREFIX) and part.endswith(PART_SUFFIX):
-        # Such names belong to the store: they would be taken for crash
-        # leftovers and deleted at the next start.
-        raise _refuse("names like .filexfer-*.part are reserved")
-    if len(part.encode("utf-8", "surrogatepass")) > limits.max_component:
-        raise _refuse("a component is too long")
-    bad = _BAD_CHARACTER.search(part)
-    if bad is None:
-        return
-    if 0xD800 <= ord(bad.group()) <= 0xDFFF:
-        raise _refuse("name is not valid UTF-8")
-    raise _refuse("control character or backslash in name")
-
-
-def check_name(name: str, limits: NameLimits = NameLimits()) -> tuple[str, ...]:
-    """Validate a peer-supplied relative name and split it into components.
-
-    Raises:
-        RefusedError: with code BAD_PATH, saying what is wrong.
-    """
-    if not name:
-        raise _refuse("empty name")
-    if name.startswith("/"):
-        raise _refuse("absolute path")
-    if len(name.encode("utf-8", "surrogatepass")) > limits.max_path:
-        raise _refuse("name is too long")
-    parts = tuple(name.split("/"))
-    if len(parts) > limits.max_depth:
-        raise _refuse("too many directory levels")
-    for part in parts:
-        _check_component(name, part, limits)
-    return parts
-
-
-def names_overlap(one: str, other: str) -> bool:
-    """Whether two names are the same or one lies inside the other."""
-    return one == other or one.startswith(other + "/") or other.startswith(one + "/")
-
-
-@functools.cache
-def _libc(name: str) -> Callable[..., int] | None:
-    """A libc function the os module lacks, or None where libc has none.
-
-    Looked up on first use: ctypes and the lookups cost a few ms, which a
-    command that stores nothing (``put``, ``ls``) should not pay.
-    """
-    import ctypes
-
-    argtypes = {
-        "syncfs": [ctypes.c_int],
-        "sync_file_range": [
-            ctypes.c_int,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_uint,
-        ],
-        "renameat2": [
-            ctypes.c_int,
-            ctypes.c_char_p,
-            ctypes.c_int,
-            ctypes.c_char_p,
-            ctypes.c_uint,
-        ],
-    }
-    try:
-        func = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (AttributeError, OSError):
-        return None
-    func.argtypes = argtypes[name]
-    found: Callable[..., int] = func
-    return found
-
-
-# Out of descriptors, a session gives back what it holds, then waits up
-# to OPEN_ATTEMPTS x OPEN_PAUSE for other sessions to do the same before
-# it refuses a file (or, in the daemon, a whole session's area).
-OPEN_ATTEMPTS = 250
-OPEN_PAUSE = 0.02
-
-
-def out_of_files(exc: BaseException) -> bool:
-    """Whether exc (or the OSError behind a refusal) is a lack of descriptors."""
-    cause = exc if isinstance(exc, OSError) else exc.__cause__
-    return isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE)
-
-
-def wait_for_files(step: Callable[[], _T]) -> _T:
-    """Run step; out of descriptors, try again while others may free some.
-
-    For the daemon's steps that hold few descriptors of their own and
-    wait for other sessions' (listings, downloads, reading its config).
-    """
-    for attempt in range(OPEN_ATTEMPTS):
-        try:
-            return step()
-        except (OSError, FilexferError) as exc:
-            if attempt == OPEN_ATTEMPTS - 1 or not out_of_files(exc):
-                raise
-        time.sleep(OPEN_PAUSE)
-    raise AssertionError("unreachable")
-
-
-def raise_file_limit() -> int:
-    """Raise this process's descriptor limit to what it may have; return it.
-
-    Soft limits of 1024 are common, and receiving sessions (the daemon's,
-    and ``get``'s) hold a part file for each file waiting in their commit
-    batch.  Past the limit that remains, a session commits its batch early
-    (see ReceiveSession) instead of refusing files.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass  # kept as it is; sessions then commit early
-    return soft
-
-
-def load_libc() -> None:
-    """Look the libc functions up now, not on first use.
-
-    For the daemon and ``get``: loading ctypes opens files, which must not
-    wait until a session is out of descriptors and commits early to get
-    some back.
-    """
-    for name in ("syncfs", "sync_file_range", "renameat2"):
-        _libc(name)
-
-
-def _libc_error(path: str | None = None) -> OSError:
-    """The OSError for the errno the last libc call left."""
-    import ctypes
-
-    err = ctypes.get_errno()
-    return OSError(err, os.strerror(err), path)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-# A large file is handed to the disk in steps of this size while it is
-# still arriving, so that the fsync before its commit finds little left to
-# do, and dirty pages never pile up into one long stall.
-WRITEBACK_STEP = 16 << 20
-_RENAME_NOREPLACE = 1
-
-
-def rename_no_replace(dir_fd: int, old: str, new: str) -> None:
-    """Rename old to new inside one directory, failing if new exists.
-
-    One atomic step where the kernel and file system offer it
-    (renameat2 with RENAME_NOREPLACE); otherwise a hard link to the new
-    name, which also fails on an existing name, then removal of the old.
-    """
-    renameat2 = _libc("renameat2")
-    if renameat2 is not None:
-        old_b, new_b = os.fsencode(old), os.fsencode(new)
-        if renameat2(dir_fd, old_b, dir_fd, new_b, _RENAME_NOREPLACE) == 0:
-            return
-        error = _libc_error(new)
-        if error.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise error
-    os.link(old, new, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-    os.unlink(old, dir_fd=dir_fd)
-
-
-# Direct I/O (O_DIRECT) moves a large file from the buffer to the disk by
-# DMA, without copying it through the page cache: the writing thread then
-# costs almost no CPU and the fsync before commit has little left to do.
-# It needs the memory, the length and the file offset of every write
-# aligned to the device's block size; DIRECT_ALIGN covers the usual sizes.
-DIRECT_ALIGN = 4096
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-
-
-def aligned_buffer(size: int, lead: int = 0) -> memoryview:
-    """A writable buffer of size bytes whose byte number ``lead`` is aligned.
-
-    Used to receive a record so that its payload, which starts ``lead``
-    bytes into the plaintext, can go to the disk by direct I/O.
-    """
-    assert 0 <= lead <= DIRECT_ALIGN, "internal error: lead past one block"
-    memory = mmap.mmap(-1, DIRECT_ALIGN + size)
-    return memoryview(memory)[DIRECT_ALIGN - lead : DIRECT_ALIGN - lead + size]
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range out, without waiting.
-
-    Only a hint: durability still comes from fsync, and a kernel or file
-    system without sync_file_range simply skips it.
-    """
-    sync_file_range = _libc("sync_file_range")
-    if sync_file_range is not None:
-        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def sync_directory(path: Path) -> None:
-    """Make the names in the directory at path durable.
-
-    A file system that cannot sync a directory (EINVAL) is left as it is.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
-
-
-def make_directories(path: Path, mode: int = 0o777, parents: bool = True) -> None:
-    """Create path (and, with parents, its missing parents) durably.
-
-    Like ``Path.mkdir(mode, parents, exist_ok=True)``, except that the
-    directory holding each level is synced, also when another process made
-    that level meanwhile (it may not have synced it yet), so that what is
-    later written below cannot vanish with an unsynced name in a crash.
-    Only path itself gets mode; parents get the default.
-
-    Raises:
-        OSError: a level could not be created or synced, or something
-            other than a directory is in the way.
-    """
-    missing: list[Path] = []  # levels still to make, the deepest first
-    level = path
-    while True:
-        try:
-            os.mkdir(level, mode if level == path else 0o777)
-        except FileNotFoundError:
-            above = level.parent
-            if not parents or above == level or above.is_dir():
-                raise  # nothing above is missing (a deleted cwd, /proc, ...)
-            missing.append(level)
-            level = above
-            continue
-        except FileExistsError:
-            if not level.is_dir():
-                raise
-        sync_directory(level.parent)
-        if not missing:
-            return
-        level = missing.pop()
-
-
-def syncfs(fd: int) -> bool:
-    """Flush the whole file system holding fd; False if unsupported."""
-    call = _libc("syncfs")
-    if call is None:
-        return False
-    if call(fd) != 0:
-        raise _libc_error()
-    return True
 
 
 def refusal_for(exc: OSError) -> RefusedError:
@@ -456,11 +183,11 @@ class PartFile:
         are checked here: the first write that is not aligned (normally the
         file's last) switches the file back to buffered writes.
         """
-        if not _O_DIRECT or self.written % DIRECT_ALIGN:
+        if not O_DIRECT or self.written % DIRECT_ALIGN:
             return False
         try:
             flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | _O_DIRECT)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | O_DIRECT)
         except OSError:
             return False
         self.direct = True
@@ -468,7 +195,7 @@ class PartFile:
 
     def _stop_direct_io(self) -> None:
         flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
         self.direct = False
 
     def write(self, data: memoryview | bytes) -> None:
@@ -1070,20 +797,6 @@ def digest_of(fd: int) -> bytes:
     finally:
         os.close(fd)
     return hasher.digest()
-
-
-def is_part_name(name: str) -> bool:
-    """Whether a file name is one of this store's part files."""
-    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
-
-
-def is_made_part_name(name: str) -> bool:
-    """Whether a name is exactly what a store gives its part files
-    (``.filexfer-`` 16 hex digits, or ``r`` and 32, then ``.part``)."""
-    return _MADE_PART.fullmatch(name) is not None
-
-
-_MADE_PART = re.compile(r"\.filexfer-(?:[0-9a-f]{16}|r[0-9a-f]{32})\.part")
 
 
 def _entry(name: str, info: os.stat_result, digest: bytes | None) -> StoredEntry:

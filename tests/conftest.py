@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -74,3 +75,22 @@ def recv_flags(**flags: object) -> Sequence[str]:
     for name, value in flags.items():
         out += [f"--{name.replace('_', '-')}", str(value)]
     return out
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(device, inode) of everything fsynced, in order.
+
+    A crash cannot be staged in a test, so durability tests watch the
+    fsync calls instead (the real ones still run).
+    """
+    calls: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        calls.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls

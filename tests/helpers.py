@@ -399,6 +399,12 @@ def channel_and_raw_end(
 # ---------------------------------------------------------------------------
 
 
+def identity(path: Path) -> tuple[int, int]:
+    """(device, inode): which file or folder a path names, as fsync sees it."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
     """Poll CONDITION (a file appearing, a process ending) until it holds."""
     deadline = time.monotonic() + timeout

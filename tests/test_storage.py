@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import os
 import stat
@@ -14,94 +12,21 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from filexfer.errors import Code, RefusedError
-from filexfer.storage import (
+from filexfer.disk import (
     DIRECT_ALIGN,
+    aligned_buffer,
+)
+from filexfer.errors import Code, RefusedError
+from filexfer.names import PART_PREFIX, PART_SUFFIX
+from filexfer.storage import (
     MODE_MASK,
-    PART_PREFIX,
-    PART_SUFFIX,
     RESUME_STEP,
     WRITEBACK_STEP,
     FileVersion,
     LocalStore,
-    NameLimits,
     PartFile,
-    aligned_buffer,
-    check_name,
-    make_directories,
-    rename_no_replace,
 )
-from tests.helpers import leftovers
-
-# -- check_name ------------------------------------------------------------
-
-ACCEPTED = {
-    "plain": ("a.txt", ("a.txt",)),
-    "nested": ("a/b/c.bin", ("a", "b", "c.bin")),
-    "spaces and non-ascii": (
-        "docs/Übersicht März 2026.txt",
-        ("docs", "Übersicht März 2026.txt"),
-    ),
-    "hidden": (".hidden", (".hidden",)),
-    "dots inside": ("..a/b..", ("..a", "b..")),
-    "three dots": ("...", ("...",)),
-    "cjk and emoji": ("写真/🙂.png", ("写真", "🙂.png")),
-    "component at the limit": ("x" * 255, ("x" * 255,)),
-    "depth at the limit": ("/".join("d" * 32), tuple("d" * 32)),
-}
-
-REFUSED = {
-    "empty": "",
-    "absolute": "/etc/passwd",
-    "absolute root": "/",
-    "dot dot": "..",
-    "dot dot inside": "a/../b",
-    "dot dot at end": "a/..",
-    "dot": ".",
-    "dot inside": "a/./b",
-    "leading dot slash": "./a",
-    "empty component": "a//b",
-    "trailing slash": "dir/",
-    "nul": "a\x00b",
-    "backslash": "a\\b",
-    "windows parent": "..\\evil",
-    "escape": "a\x1b[31mb",
-    "newline": "a\nb",
-    "carriage return": "a\rb",
-    "tab": "a\tb",
-    "delete": "a\x7fb",
-    "c1 next line": "a\x85b",
-    "c1 csi": "a\x9bb",
-    "lone surrogate from undecodable byte": os.fsdecode(b"bad\xff"),
-    "component too long": "x" * 256,
-    "component too long in bytes": "é" * 128,
-    "name too long": "/".join(["x" * 200] * 21),
-    "too deep": "/".join("d" * 33),
-}
-
-
-@pytest.mark.parametrize(("name", "parts"), ACCEPTED.values(), ids=ACCEPTED.keys())
-def test_check_name_accepts(name: str, parts: tuple[str, ...]) -> None:
-    assert check_name(name) == parts
-
-
-@pytest.mark.parametrize("name", REFUSED.values(), ids=REFUSED.keys())
-def test_check_name_refuses(name: str) -> None:
-    with pytest.raises(RefusedError) as caught:
-        check_name(name)
-
-    assert caught.value.code is Code.BAD_PATH
-    assert str(caught.value).startswith("bad path")
-
-
-def test_check_name_obeys_configured_limits() -> None:
-    limits = NameLimits(max_component=4, max_path=9, max_depth=2)
-
-    assert check_name("abcd/efgh", limits) == ("abcd", "efgh")
-    for name in ("abcde", "a/b/c", "abcd/efghi"):
-        with pytest.raises(RefusedError):
-            check_name(name, limits)
-
+from tests.helpers import identity, leftovers
 
 # -- a store on a temporary root --------------------------------------------
 
@@ -568,13 +493,6 @@ def test_direct_io_is_refused_mid_block(store: LocalStore) -> None:
     part.abort()
 
 
-def test_aligned_buffer_puts_the_lead_byte_on_a_block_boundary() -> None:
-    buffer = aligned_buffer(1000, lead=1)
-    assert len(buffer) == 1000
-    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-    assert (address + 1) % DIRECT_ALIGN == 0
-
-
 def test_large_buffered_file_hands_data_to_the_disk_as_it_goes(
     store: LocalStore, root: Path
 ) -> None:
@@ -589,47 +507,12 @@ def test_large_buffered_file_hands_data_to_the_disk_as_it_goes(
     assert (root / "steady.bin").read_bytes() == data
 
 
-def test_rename_no_replace_never_clobbers(root: Path) -> None:
-    (root / "old").write_bytes(b"new content")
-    (root / "taken").write_bytes(b"precious")
-    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with pytest.raises(FileExistsError):
-            rename_no_replace(dir_fd, "old", "taken")
-        rename_no_replace(dir_fd, "old", "free")
-    finally:
-        os.close(dir_fd)
-    assert (root / "taken").read_bytes() == b"precious"
-    assert (root / "free").read_bytes() == b"new content"
-    assert not (root / "old").exists()
-
-
 # -- durable names of new directories ----------------------------------------
 #
 # A crash cannot be staged here, so these tests watch the fsync calls
 # (the real ones still run): a file is durable only when the directory
 # holding each new name on its path has been synced after that name
 # appeared.
-
-
-@pytest.fixture
-def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(device, inode) of everything fsynced, in order."""
-    calls: list[tuple[int, int]] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        info = os.fstat(fd)
-        calls.append((info.st_dev, info.st_ino))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    return calls
-
-
-def identity(path: Path) -> tuple[int, int]:
-    info = os.stat(path)
-    return info.st_dev, info.st_ino
 
 
 def test_one_file_in_new_directories_syncs_every_new_name(
@@ -693,31 +576,6 @@ def test_make_directory_syncs_the_names_of_its_new_parents(
         assert identity(directory) in synced, directory
 
 
-def test_make_directories_creates_and_syncs_each_level(
-    tmp_path: Path, synced: list[tuple[int, int]]
-) -> None:
-    target = tmp_path / "p" / "q" / "r"
-    make_directories(target, 0o700)
-
-    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
-    for directory in (tmp_path, tmp_path / "p", tmp_path / "p" / "q"):
-        assert identity(directory) in synced, directory
-
-    # Already there, perhaps made meanwhile by another process that has
-    # not synced it yet: its name is synced again (once, cheaply).
-    synced.clear()
-    make_directories(target, 0o700)
-    assert synced == [identity(tmp_path / "p" / "q")]
-
-
-def test_make_directories_refuses_a_file_in_the_way(tmp_path: Path) -> None:
-    (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(FileExistsError):
-        make_directories(tmp_path / "file")
-    with pytest.raises(NotADirectoryError):
-        make_directories(tmp_path / "file" / "below")
-
-
 def test_a_directory_made_meanwhile_by_another_session_is_used(
     store: LocalStore,
     root: Path,
@@ -742,48 +600,6 @@ def test_a_directory_made_meanwhile_by_another_session_is_used(
     assert (root / "shared" / "deeper" / "file.bin").read_bytes() == b"mine"
     assert identity(root) in synced
     assert identity(root / "shared") in synced
-
-
-def test_make_directories_where_nothing_can_be_made_fails_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A parent that exists and still refuses a child (a deleted working
-    directory, /proc) is one error, not an endless retry."""
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    monkeypatch.chdir(gone)
-    gone.rmdir()
-
-    with pytest.raises(FileNotFoundError):
-        make_directories(Path("new") / "deeper")
-
-
-def test_make_directories_goes_as_deep_as_the_system_allows(tmp_path: Path) -> None:
-    """No recursion limit: a path of 1,100 levels is made or refused by the
-    file system, never by Python."""
-    deep = tmp_path.joinpath(*["d"] * 1100)
-    try:
-        make_directories(deep)
-    except OSError as exc:  # a path longer than PATH_MAX
-        assert exc.errno == errno.ENAMETOOLONG
-    else:
-        assert deep.is_dir()
-    finally:
-        # Removed here, deepest first: shutil.rmtree, which pytest uses to
-        # clear old temp dirs, recurses and cannot go this deep.
-        level = deep
-        while level != tmp_path:
-            with contextlib.suppress(FileNotFoundError):
-                level.rmdir()
-            level = level.parent
-
-
-def test_make_directories_without_parents_needs_them(tmp_path: Path) -> None:
-    """An area is made only inside an existing --dir: one deleted while the
-    daemon runs is not quietly rebuilt, maybe on another file system."""
-    with pytest.raises(FileNotFoundError):
-        make_directories(tmp_path / "gone" / "area", 0o700, parents=False)
-    assert not (tmp_path / "gone").exists()
 
 
 def test_refresh_touches_only_the_version_that_was_hashed(
