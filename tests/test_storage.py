@@ -304,6 +304,29 @@ def test_commit_refuses_a_name_that_appeared_meanwhile(
     assert leftovers(root) == []
 
 
+def test_a_file_made_in_a_folder_seen_missing_is_still_never_replaced(
+    store: LocalStore, root: Path
+) -> None:
+    """A folder found missing at one offer is not looked for again at the
+    next (until the batch's commit); a file another session stored there
+    meanwhile is then first met at the commit, and kept."""
+    store.release(store.reserve("late/first.bin", 3, False))
+    (root / "late").mkdir()
+    (root / "late" / "second.bin").write_bytes(b"theirs")
+
+    part = write_part(store, "late/second.bin", b"ours")
+    with pytest.raises(RefusedError) as caught:
+        part.commit()
+
+    assert caught.value.code is Code.EXISTS
+    assert (root / "late" / "second.bin").read_bytes() == b"theirs"
+    assert leftovers(root) == []
+
+    store.close_dirs()  # after a batch: looked for afresh
+    with pytest.raises(RefusedError, match="already exists"):
+        store.reserve("late/second.bin", 4, False)
+
+
 def test_overwrite_replaces_atomically(store: LocalStore, root: Path) -> None:
     """--overwrite swaps in a new inode; a reader of the old one is unharmed (C04)."""
     target = root / "data.bin"
