@@ -30,8 +30,9 @@ from .disk import out_of_files, wait_for_files
 from .errors import Code, FilexferError, ProtocolError, RefusedError
 from .names import check_name, names_overlap
 from .printable import printable
-from .sender import FileResult, Source, send_files
+from .sender import send_files
 from .session import Channel
+from .sources import FileResult, Source
 from .storage import LocalStore, StoredEntry
 
 log = logging.getLogger(__name__)

@@ -43,15 +43,9 @@ from .options import (
 )
 from .printable import printable
 from .report import Progress, emit, job_error, lost_output, report
-from .sender import (
-    FileResult,
-    Source,
-    collect_sources,
-    receiver_name,
-    send_files,
-    unsent,
-)
+from .sender import send_files
 from .session import Channel
+from .sources import FileResult, Source, collect_sources, receiver_name, unsent
 from .storage import KEEP_MODES_MASK, MODE_MASK, LocalStore
 
 if TYPE_CHECKING:

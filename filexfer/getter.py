@@ -44,8 +44,8 @@ from .errors import (
 from .names import check_name, names_overlap
 from .printable import named, printable
 from .receiver import ReceiveSession, Watcher
-from .sender import FileResult
 from .session import Channel
+from .sources import FileResult
 from .storage import LocalStore
 
 log = logging.getLogger(__name__)

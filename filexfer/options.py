@@ -49,8 +49,8 @@ from .keys import (
     matches_fingerprint,
 )
 from .printable import printable
-from .sender import FileResult
 from .session import Channel, Timeouts, connect
+from .sources import FileResult
 
 DEFAULT_PORT = 7757
 MAX_SECONDS = 86400.0  # a day: longer timeouts are typing mistakes

@@ -29,7 +29,7 @@ from .errors import (
     os_reason,
 )
 from .printable import printable
-from .sender import FileResult
+from .sources import FileResult
 
 
 class Debug:

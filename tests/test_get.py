@@ -747,7 +747,7 @@ def test_a_local_write_failure_is_reported_with_its_cause(
 def test_retried_get_keeps_what_arrived_when_the_last_attempt_fails() -> None:
     from filexfer.errors import ConnectError
     from filexfer.options import merge_download
-    from filexfer.sender import FileResult
+    from filexfer.sources import FileResult
 
     lost = ConnectError("connection refused")
     merged: dict[str, FileResult] = {}
