@@ -407,9 +407,8 @@ def _errors_are_ignored_in(code: CodeType) -> bool:
 
 def _run(argv: list[str] | None) -> int:
     try:
-        cli.main(args=argv, prog_name="filexfer", standalone_mode=False)
+        _invoke(sys.argv[1:] if argv is None else argv)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        # click turns Ctrl-C (SIGINT) into Abort before it reaches us.
         if State.command == "recv":
             # Stopped while starting, before it listened: a clean stop,
             # as one a moment later would be.
@@ -435,6 +434,20 @@ def _run(argv: list[str] | None) -> int:
         click.echo("filexfer: hint: rerun with --debug and report it", err=True)
         return 1
     return 0
+
+
+def _invoke(args: list[str]) -> None:
+    """Parse the command line and run the command.
+
+    What ``cli.main`` does without its handling of the outcome, which is
+    ours: in particular it writes a blank line for a Ctrl-C or SIGTERM
+    that lands before the command's own handling begins.
+    """
+    try:
+        with cli.make_context("filexfer", list(args)) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit:
+        pass  # --help, --version: said what they had to
 
 
 def _print_usage_error(exc: click.ClickException) -> None:
