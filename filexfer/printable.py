@@ -45,7 +45,7 @@ def printable(text: str) -> str:
     Backslashes are doubled so that an escaped form cannot be confused with
     a name that literally contains ``\\x1b``.
     """
-    if text.isprintable() and "\\" not in text and not any(ch in _BIDI for ch in text):
+    if text.isprintable() and "\\" not in text and _BIDI.isdisjoint(text):
         return text
     return "".join("\\\\" if ch == "\\" else _shown(ch) for ch in text)
 
