@@ -318,9 +318,9 @@ class ReceiveSession:
         Accepts and Dones are held back while more input is waiting on the
         socket and sent together, in one write, once REPLIES_HELD bytes of
         them are held and before this side would block: the sender never
-        waits on a reply held here.  Finished files
-        wait at most BATCH_SECONDS for their commit, whether the next file
-        is still streaming or the sender has gone quiet.
+        waits on a reply held here.  Finished files wait at most
+        BATCH_SECONDS for their commit, whether the next file is still
+        streaming or the sender has gone quiet.
         """
         if self.channel.input_waiting():
             if self.channel.held >= REPLIES_HELD:
