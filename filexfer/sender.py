@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from blake3 import blake3
 
@@ -65,12 +66,29 @@ log = logging.getLogger(__name__)
 OFFER_WINDOW = 64
 
 
-@dataclass
+class _Stat(NamedTuple):
+    """What a source's stat said when it was opened (its end is checked
+    against it).  Kept instead of the stat result, a fifth of its size:
+    a job holds one per file until it ends."""
+
+    size: int
+    mtime_ns: int
+    mode: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> _Stat:
+        size, mtime = info.st_size, info.st_mtime_ns
+        return cls(size, mtime, info.st_mode, info.st_ino, info.st_dev)
+
+
+@dataclass(slots=True)
 class _Opened:
     file_id: int
     source: Source
     file: io.FileIO | None
-    info: os.stat_result
+    info: _Stat
     result: FileResult
     digest: bytes = b""
     started: float = 0.0
@@ -330,16 +348,16 @@ class _Job:
         result = FileResult(source.name, source.path, size=info.st_size)
         if source.empty:
             result.size, result.directory = 0, source.directory
-        return _Opened(len(self.offered), source, handle, info, result)
+        return _Opened(len(self.offered), source, handle, _Stat.of(info), result)
 
     def _offer(self, opened: _Opened) -> None:
         info, directory = opened.info, opened.source.directory
         self.channel.send(
             msgs.Offer(
                 opened.file_id,
-                0 if opened.source.empty else info.st_size,
-                info.st_mtime_ns,
-                stat.S_IMODE(info.st_mode),
+                0 if opened.source.empty else info.size,
+                info.mtime_ns,
+                stat.S_IMODE(info.mode),
                 self.overwrite,
                 opened.source.name,
                 fresh=opened.fresh,
@@ -355,6 +373,7 @@ class _Job:
             # the job; a file offered again keeps its handle.
             if opened.file is not None and not opened.superseded:
                 opened.file.close()
+                opened.file = None
 
     def _send_decided(self, opened: _Opened) -> None:
         decision = self.replies.decision(opened.file_id)
@@ -374,7 +393,7 @@ class _Job:
             opened.digest = EMPTY_DIGEST  # nothing to send; Done follows
             opened.result.unchanged = decision.digest is not None
             return
-        self.on_start(opened.source.name, opened.info.st_size)
+        self.on_start(opened.source.name, opened.info.size)
         if decision.digest is not None:
             # Hashing what the receiver holds may take a while: what is
             # held (earlier files' ends) must not wait for it.
@@ -390,9 +409,7 @@ class _Job:
             self.channel.send(msgs.Abort(opened.file_id, exc.code, reason))
             return
         if opened.digest:
-            self.channel.send(
-                msgs.End(opened.file_id, opened.info.st_size, opened.digest)
-            )
+            self.channel.send(msgs.End(opened.file_id, opened.info.size, opened.digest))
 
     def _check_held(self, opened: _Opened, decision: msgs.Accept) -> blake3 | None:
         """Compare what the receiver holds with this file's first bytes.
@@ -414,7 +431,7 @@ class _Job:
             # It was offered fresh because the receiver's copy differed;
             # claiming a copy again would only start the loop over.
             raise ProtocolError("receiver claims a copy of a file offered fresh")
-        if decision.offset > opened.info.st_size:
+        if decision.offset > opened.info.size:
             raise ProtocolError("receiver holds more than the file's size")
         assert opened.file is not None
         buffer = self.channel.data_buffer()
@@ -425,7 +442,7 @@ class _Job:
             left -= count
         if hasher.digest() == decision.digest:
             opened.result.held = decision.offset
-            opened.result.unchanged = decision.offset == opened.info.st_size
+            opened.result.unchanged = decision.offset == opened.info.size
             self.on_progress(decision.offset)
             return hasher
         self.channel.send(
@@ -438,7 +455,7 @@ class _Job:
 
     def _stream(self, opened: _Opened, hasher: blake3, offset: int) -> bytes:
         """Send the file's bytes; return the digest, or b"" if it failed."""
-        remaining = opened.info.st_size - offset
+        remaining = opened.info.size - offset
         if remaining >= READ_AHEAD_MIN:
             return self._stream_read_ahead(opened, hasher, remaining)
         buffer = self.channel.data_buffer(remaining)
@@ -643,10 +660,10 @@ def _check_unchanged(reader: io.FileIO, opened: _Opened) -> None:
     now = os.fstat(reader.fileno())
     before = opened.info
     same = (now.st_size, now.st_mtime_ns, now.st_ino, now.st_dev) == (
-        before.st_size,
-        before.st_mtime_ns,
-        before.st_ino,
-        before.st_dev,
+        before.size,
+        before.mtime_ns,
+        before.inode,
+        before.device,
     )
     if extra or not same:
         raise _changed(opened)

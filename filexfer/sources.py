@@ -46,7 +46,7 @@ class Source(NamedTuple):
         return self.directory or self.refusal is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class FileResult:
     """The outcome of one file of a job.
 
