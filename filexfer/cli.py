@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 class _EventFormatter(logging.Formatter):
     """``2026-12-05T03:59:49.831Z INFO event=...``: UTC to the millisecond.
 
+    A line is stamped when it is written, under the handler's lock, not
+    when its event was logged: sessions log from threads of their own, and
+    their lines would otherwise sometimes go back a few milliseconds.
     The daemon logs a line per file, so the date is formatted once a
     second, not once a line.
     """
@@ -77,11 +80,12 @@ class _EventFormatter(logging.Formatter):
     def formatTime(  # noqa: N802 - logging's name
         self, record: logging.LogRecord, datefmt: str | None = None
     ) -> str:
-        second = int(record.created)
-        if second != self._second:  # handlers format under their lock
+        now = time.time()
+        second = int(now)
+        if second != self._second:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._stamp}.{int(record.msecs):03d}Z"
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -944,6 +944,28 @@ def test_recv_logs_one_line_per_event_without_secrets(pair: Pair, source: Path) 
         assert field in complete[0]
 
 
+def test_daemon_log_lines_are_stamped_in_the_order_they_are_written(
+    pair: Pair, source: Path
+) -> None:
+    """Sessions log from threads of their own: a line logged first may be
+    written second.  Its stamp is that of the writing, so a log never goes
+    back in time; the form is UTC to the millisecond."""
+    assert pair.put(source).returncode == 0
+    pair.receiver.stop()
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING) event=")
+    lines = pair.receiver.log().splitlines()
+    assert lines and all(stamp.match(line) for line in lines), lines
+
+    from filexfer.cli import _EventFormatter
+
+    formatter = _EventFormatter()
+    logged_first = logging.LogRecord("x", logging.INFO, "", 0, "event=a", None, None)
+    logged_later = logging.LogRecord("x", logging.INFO, "", 0, "event=b", None, None)
+    logged_first.created -= 5.0  # its thread was held up before writing it
+    written = [formatter.format(logged_later), formatter.format(logged_first)]
+    assert written[0][:24] <= written[1][:24], written
+
+
 # A Ctrl-C or SIGTERM that lands while the command line is still being
 # loaded: the process signals itself as the import of filexfer.cli begins.
 _INTERRUPTED_WHILE_LOADING = """\
