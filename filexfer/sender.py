@@ -76,11 +76,14 @@ class _Stat(NamedTuple):
     mode: int
     inode: int
     device: int
+    ctime_ns: int
+    links: int
 
     @classmethod
     def of(cls, info: os.stat_result) -> _Stat:
-        size, mtime = info.st_size, info.st_mtime_ns
-        return cls(size, mtime, info.st_mode, info.st_ino, info.st_dev)
+        size, mtime, ctime = info.st_size, info.st_mtime_ns, info.st_ctime_ns
+        where = info.st_ino, info.st_dev
+        return cls(size, mtime, info.st_mode, *where, ctime, info.st_nlink)
 
 
 @dataclass(slots=True)
@@ -656,17 +659,25 @@ def _source_error(opened: _Opened, joint: str, why: str, code: Code) -> LocalFil
 
 
 def _check_unchanged(reader: io.FileIO, opened: _Opened) -> None:
+    """Raise unless the source ended as it was when opened.
+
+    Its size and mtime must be the same.  So must its ctime while its path
+    still leads to it with as many links: a writer that put the mtime
+    back leaves that trace.  A file renamed, replaced or linked meanwhile
+    changes its ctime too, and is sent as it was opened.
+    """
     extra = reader.read(1)
-    now = os.fstat(reader.fileno())
+    now = _Stat.of(os.fstat(reader.fileno()))
     before = opened.info
-    same = (now.st_size, now.st_mtime_ns, now.st_ino, now.st_dev) == (
-        before.size,
-        before.mtime_ns,
-        before.inode,
-        before.device,
-    )
-    if extra or not same:
+    if extra or now[:5] != before[:5]:
         raise _changed(opened)
+    if now.ctime_ns != before.ctime_ns and now.links == before.links:
+        try:
+            there = os.stat(opened.source.path, follow_symlinks=False)
+        except OSError:
+            return  # renamed away or deleted: what was opened was sent
+        if (there.st_ino, there.st_dev) == (now.inode, now.device):
+            raise _changed(opened)
 
 
 def send_files(

@@ -279,7 +279,18 @@ def shrink(path: Path) -> None:
     os.truncate(path, MiB)
 
 
-CHANGES = {"rewrite": rewrite, "grow": grow, "shrink": shrink}
+def rewrite_and_put_mtime_back(path: Path) -> None:
+    before = path.stat()
+    rewrite(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+CHANGES = {
+    "rewrite": rewrite,
+    "grow": grow,
+    "shrink": shrink,
+    "rewrite-mtime-kept": rewrite_and_put_mtime_back,
+}
 LIVE = 16 * MiB
 OLD_MTIME = 1_600_000_000 * 10**9
 
@@ -367,6 +378,19 @@ def test_source_replaced_while_sent_is_copied_as_opened(
 
     assert code == 0, stderr
     assert sha256(live_pair.area / "live-replaced.bin") == sha256(old)
+
+
+def test_source_linked_while_sent_is_copied(live_pair: Pair, tmp_path: Path) -> None:
+    """A new hard link changes the ctime but not a byte: not a change."""
+    source = random_file(tmp_path / "live-linked.bin", LIVE, seed=4)
+    expected = sha256(source)
+
+    code, stderr = send_while_changing(
+        live_pair, [source], lambda: os.link(source, tmp_path / "another-name.bin")
+    )
+
+    assert code == 0, stderr
+    assert sha256(live_pair.area / "live-linked.bin") == expected
 
 
 def test_source_changed_in_a_three_file_job(live_pair: Pair, tmp_path: Path) -> None:
