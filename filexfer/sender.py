@@ -661,16 +661,20 @@ def _source_error(opened: _Opened, joint: str, why: str, code: Code) -> LocalFil
 def _check_unchanged(reader: io.FileIO, opened: _Opened) -> None:
     """Raise unless the source ended as it was when opened.
 
-    Its size and mtime must be the same.  So must its ctime while its path
-    still leads to it with as many links: a writer that put the mtime
-    back leaves that trace.  A file renamed, replaced or linked meanwhile
-    changes its ctime too, and is sent as it was opened.
+    Its size and mtime must be the same.  So must a local file's ctime
+    while its path still leads to it with as many links: a writer that put
+    the mtime back leaves that trace.  A file renamed, replaced or linked
+    meanwhile changes its ctime too, and is sent as it was opened.  (The
+    daemon's stored files change in place only by their metadata, when an
+    identical copy is sent with new ones.)
     """
     extra = reader.read(1)
     now = _Stat.of(os.fstat(reader.fileno()))
     before = opened.info
     if extra or now[:5] != before[:5]:
         raise _changed(opened)
+    if opened.source.opener is not None:
+        return  # a stored file: only the daemon writes it, never in place
     if now.ctime_ns != before.ctime_ns and now.links == before.links:
         try:
             there = os.stat(opened.source.path, follow_symlinks=False)

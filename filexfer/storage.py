@@ -58,7 +58,7 @@ from .disk import (
 )
 from .errors import Code, RefusedError
 from .names import PART_PREFIX, PART_SUFFIX, NameLimits, check_name, is_part_name
-from .printable import printable
+from .printable import log_value, printable
 
 log = logging.getLogger(__name__)
 
@@ -642,11 +642,14 @@ class LocalStore:
             RefusedError: the file is gone, or the metadata cannot be set.
         """
         mode, mtime_ns, digest = metadata
+        mode &= self.mode_mask
         fd, info = self.open_file(name)
         try:
             if FileVersion.of(info) != version:
                 return
-            _set_metadata(fd, mode & self.mode_mask, mtime_ns)
+            if _holds(fd, info, (mode, mtime_ns, digest)):
+                return  # nothing to change: no write, no sync
+            _set_metadata(fd, mode, mtime_ns)
             _remember_digest(fd, digest, info.st_size, mtime_ns)
             os.fsync(fd)
         except OSError as exc:
@@ -666,8 +669,8 @@ class LocalStore:
                     except OSError as exc:
                         log.warning(
                             "event=storage.stale_part_kept path=%s error=%s",
-                            printable(name),
-                            exc.strerror,
+                            log_value(name),
+                            log_value(exc.strerror or ""),
                         )
         return removed
 
@@ -777,6 +780,18 @@ def _remove_unheld(dir_fd: int, name: str) -> bool:
 def _set_metadata(fd: int, mode: int, mtime_ns: int) -> None:
     os.fchmod(fd, mode)
     os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def _holds(fd: int, info: os.stat_result, metadata: tuple[int, int, bytes]) -> bool:
+    """Whether a file has this mode, mtime and remembered digest already."""
+    mode, mtime_ns, digest = metadata
+    if (stat.S_IMODE(info.st_mode), info.st_mtime_ns) != (mode, mtime_ns):
+        return False
+    try:
+        value = os.getxattr(fd, DIGEST_ATTR)
+    except OSError:
+        return False
+    return value == _DIGEST_VALUE.pack(digest, info.st_size, mtime_ns)
 
 
 def _remember_digest(fd: int, digest: bytes, size: int, mtime_ns: int) -> None:

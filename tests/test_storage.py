@@ -650,6 +650,24 @@ def test_refresh_touches_only_the_version_that_was_hashed(
     assert os.stat(root / "f.bin").st_mtime_ns != 5
 
 
+def test_refresh_with_nothing_to_change_writes_nothing(
+    store: LocalStore, root: Path, synced: list[tuple[int, int]]
+) -> None:
+    """Sent again with the mode, mtime and digest it has, a stored file is
+    not written or synced: a download reading it meanwhile sees no change
+    (not even of its ctime), and a rerun of a backup costs no fsync."""
+    store_file(store, "f.bin", b"same bytes")
+    metadata = (0o640, 1_000_000_000_000_000_001, bytes(32))
+    store.refresh("f.bin", FileVersion.of(os.stat(root / "f.bin")), metadata)
+    before = os.stat(root / "f.bin")
+    synced.clear()
+
+    store.refresh("f.bin", FileVersion.of(before), metadata)
+
+    assert os.stat(root / "f.bin").st_ctime_ns == before.st_ctime_ns
+    assert synced == []
+
+
 def finished_part(store: LocalStore, data: bytes) -> PartFile:
     """A resumable part of f.bin holding data, ready to commit."""
     part = store.open_part(store.reserve("f.bin", len(data), False, mtime_ns=1))
