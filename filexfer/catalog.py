@@ -29,7 +29,7 @@ from . import messages as msgs
 from .disk import out_of_files, wait_for_files
 from .errors import Code, FilexferError, ProtocolError, RefusedError
 from .names import check_name, names_overlap
-from .printable import printable
+from .printable import log_value, printable
 from .sender import send_files
 from .session import Channel
 from .sources import FileResult, Source
@@ -67,7 +67,7 @@ def _serve_list(channel: Channel, store: LocalStore, request: msgs.List) -> int:
             # A name longer than the protocol's text field: not listable.
             log.warning(
                 "event=list.skipped path=%s reason=name_too_long",
-                printable(entry.name[:200]),
+                log_value(entry.name[:200]),
             )
             continue
         count += 1
@@ -122,7 +122,7 @@ def _log_result(
             "event=get.complete session=%s key=%s path=%s bytes=%d unchanged=%s",
             session_id,
             key,
-            printable(result.name),
+            log_value(result.name),
             result.size,
             str(result.unchanged).lower(),
         )
@@ -131,8 +131,8 @@ def _log_result(
             "event=get.failed session=%s key=%s path=%s reason=%s",
             session_id,
             key,
-            printable(result.name),
-            result.error,
+            log_value(result.name),
+            log_value(str(result.error), relayed=True),
         )
 
 

@@ -11,6 +11,7 @@ text alone.  What is stored on disk is never rewritten by this module.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Bidirectional controls (embeddings, overrides, isolates, marks) that
@@ -80,3 +81,22 @@ def is_plain(text: str) -> bool:
     Backslashes count as plain here: they change nothing on a terminal.
     """
     return not any(_is_unsafe(ch) for ch in text)
+
+
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
+def log_value(text: str, relayed: bool = False) -> str:
+    """text as one value of a ``key=value`` log line.
+
+    Escaped as :func:`printable` does (or :func:`printable_relayed`, for
+    text already escaped once, such as an error's message), then, when it
+    is empty or holds a space, a double quote or ``=``, put in double
+    quotes, a quote inside shown as ``\\x22``: a name a peer chose never
+    reads as more fields (``path=a key=b``), and a quoted value ends at
+    the first quote after its opening one.
+    """
+    shown = printable_relayed(text) if relayed else printable(text)
+    if shown and not _NEEDS_QUOTES.search(shown):
+        return shown
+    return '"' + shown.replace('"', "\\x22") + '"'

@@ -60,7 +60,7 @@ from .errors import (
     RefusedError,
     from_code,
 )
-from .printable import named, printable, printable_relayed
+from .printable import log_value, named, printable, printable_relayed
 from .session import Channel
 from .storage import (
     FileVersion,
@@ -448,7 +448,7 @@ class ReceiveSession:
                 "event=transfer.resume session=%s key=%s path=%s offset=%d",
                 self.session_id,
                 self.channel.peer_short,
-                printable(offer.name),
+                log_value(offer.name),
                 incoming.received,
             )
         else:
@@ -462,7 +462,7 @@ class ReceiveSession:
             "event=transfer.refused session=%s key=%s path=%s reason=%s",
             self.session_id,
             self.channel.peer_short,
-            printable(name),
+            log_value(name),
             exc.code.name.lower(),
         )
 
@@ -574,8 +574,8 @@ class ReceiveSession:
             "event=transfer.failed session=%s key=%s path=%s reason=%s",
             self.session_id,
             self.channel.peer_short,
-            printable(incoming.offer.name),
-            exc,
+            log_value(incoming.offer.name),
+            log_value(str(exc), relayed=True),
         )
         self.channel.send(msgs.Reject(incoming.offer.file_id, exc.code, str(exc)))
         self.watcher.finished(incoming.offer, None, exc)
@@ -629,7 +629,7 @@ class ReceiveSession:
             "event=transfer.unchanged session=%s key=%s path=%s bytes=%d",
             self.session_id,
             self.channel.peer_short,
-            printable(incoming.offer.name),
+            log_value(incoming.offer.name),
             incoming.offer.size,
         )
         self.channel.send(msgs.Done(incoming.offer.file_id, end.digest))
@@ -642,7 +642,7 @@ class ReceiveSession:
             "event=transfer.digest_mismatch session=%s key=%s path=%s",
             self.session_id,
             self.channel.peer_short,
-            printable(incoming.offer.name),
+            log_value(incoming.offer.name),
         )
         self.channel.send(
             msgs.Reject(incoming.offer.file_id, Code.INTEGRITY, "digest mismatch")
@@ -660,9 +660,9 @@ class ReceiveSession:
             "event=transfer.aborted session=%s key=%s path=%s bytes=%d reason=%s",
             self.session_id,
             self.channel.peer_short,
-            printable(incoming.offer.name),
+            log_value(incoming.offer.name),
             incoming.received,
-            printable_relayed(abort.reason),
+            log_value(abort.reason, relayed=True),
         )
         if incoming.discarding:
             return  # failed here first (and reported): the abort only answers
@@ -784,7 +784,7 @@ class ReceiveSession:
             "seconds=%.3f digest=%s",
             self.session_id,
             self.channel.peer_short,
-            printable(item.offer.name),
+            log_value(item.offer.name),
             item.offer.size,
             time.monotonic() - item.started,
             digest.hex()[:16],
@@ -807,7 +807,7 @@ class ReceiveSession:
                     "kept_for_resume" if kept else "aborted",
                     self.session_id,
                     self.channel.peer_short,
-                    printable(item.offer.name),
+                    log_value(item.offer.name),
                     item.received,
                 )
             if kept:

@@ -45,7 +45,7 @@ from .keys import (
     short_fingerprint,
 )
 from .names import NameLimits
-from .printable import printable
+from .printable import log_value
 from .receiver import ReceiveSession
 from .records import MAX_PLAINTEXT
 from .session import Channel, Timeouts, accept
@@ -161,7 +161,7 @@ class Server:
             "open_files=%d",
             _peer_text((host, port)),
             fingerprint(self.identity.public),
-            self.config.root,
+            log_value(str(self.config.root)),
             removed,
             open_files,
         )
@@ -218,7 +218,9 @@ class Server:
             # Out of descriptors or a connection reset while queued: the
             # loop must survive it, after a pause so it does not spin.
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning("event=recv.accept_failed error=%s", exc.strerror)
+                log.warning(
+                    "event=recv.accept_failed error=%s", log_value(exc.strerror or "")
+                )
                 time.sleep(0.1)
             return
         if not self.handshake_slots.acquire(blocking=False):
@@ -287,7 +289,7 @@ class Server:
                 "event=session.unauthorized session=%s peer=%s reason=%s",
                 session_id,
                 peer,
-                exc,
+                log_value(str(exc), relayed=True),
             )
             _drain_and_close(conn)
         except FilexferError as exc:
@@ -295,7 +297,7 @@ class Server:
                 "event=session.handshake_failed session=%s peer=%s reason=%s",
                 session_id,
                 peer,
-                exc,
+                log_value(str(exc), relayed=True),
             )
         return None
 
@@ -311,7 +313,9 @@ class Server:
             read = functools.partial(sender_grants, self.config.config_home)
             self.grants = wait_for_files(read)
         except FilexferError as exc:
-            log.error("event=recv.config_error reason=%s", exc)
+            log.error(
+                "event=recv.config_error reason=%s", log_value(str(exc), relayed=True)
+            )
         return key in self.grants
 
     def _run_session(self, channel: Channel, peer: str, session_id: str) -> None:
@@ -379,8 +383,8 @@ class Server:
         """The sender hears its area's name; the log has the whole path."""
         log.error(
             "event=recv.area_error path=%s reason=%s",
-            printable(str(exc.filename or self.config.root)),
-            exc.strerror,
+            log_value(str(exc.filename or self.config.root)),
+            log_value(exc.strerror or ""),
         )
         name = "--dir" if self.config.shared else grant.area or area_for(grant.key)
         return RefusedError(f"cannot open area {name} ({exc.strerror})", Code.IO_ERROR)
@@ -394,7 +398,7 @@ class Server:
                 "event=session.refused session=%s key=%s reason=%s",
                 session_id,
                 key,
-                exc,
+                log_value(str(exc), relayed=True),
             )
             channel.tell(exc)
             self._after_session(exc)
@@ -404,7 +408,7 @@ class Server:
             session_id,
             peer,
             key,
-            area.name if area != self.config.root else ".",
+            log_value(area.name) if area != self.config.root else ".",
         )
         error: FilexferError | None = None
         files = 0
@@ -417,7 +421,7 @@ class Server:
                 session_id,
                 peer,
                 key,
-                exc,
+                log_value(str(exc), relayed=True),
             )
         except Exception as exc:
             # A bug must cost one session, never the daemon (nor hang --once).

@@ -181,6 +181,24 @@ def test_name_with_terminal_escapes_is_logged_escaped(shared: Pair) -> None:
     assert "path=title\\x1b]0;owned\\x07.txt " in line
 
 
+def test_a_name_cannot_pass_for_more_log_fields(shared: Pair) -> None:
+    """A name with spaces, '=' and quotes is one quoted value in the log,
+    so the line still has one of each field."""
+    name = 'evil bytes=999999 key=SHA256:FORGED "digest=00'
+    watch = LogWatch(shared.receiver)
+    end = client(shared)
+
+    answer = end.send_file(name, b"data")
+    end.finish()
+
+    assert [type(m) for m in answer] == [msgs.Accept, msgs.Done]
+    line = watch.lines("INFO", "transfer.complete")[0]
+    assert ' path="evil bytes=999999 key=SHA256:FORGED \\x22digest=00" ' in line
+    unquoted = re.sub(r'"[^"]*"', "", line)
+    for key in ("path=", "bytes=", "key=", "digest="):
+        assert unquoted.count(" " + key) == 1, line
+
+
 def test_bidi_override_name_is_stored_exactly_and_logged_escaped(
     shared: Pair,
 ) -> None:

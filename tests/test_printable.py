@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from filexfer.printable import printable, printable_relayed
+from filexfer.printable import log_value, printable, printable_relayed
 
 ESCAPED = {
     "escape sequence": ("a\x1b[2Jb", "a\\x1b[2Jb"),
@@ -95,3 +95,27 @@ def test_a_peers_escapes_show_once_and_nothing_unsafe_gets_through() -> None:
     everything = "".join(chr(code) for code in range(0x10000))
     assert not any(is_unsafe(ch) for ch in printable_relayed(everything))
     assert len(printable_relayed("a\nb\r\u2028c").splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "logged"),
+    [
+        ("plain.txt", "plain.txt"),
+        ("two words", '"two words"'),
+        ("a=b", '"a=b"'),
+        ("", '""'),
+        ('say "hi"', '"say \\x22hi\\x22"'),
+        ("tab\there", "tab\\there"),
+        ("esc\x1b[0m line", '"esc\\x1b[0m line"'),
+    ],
+)
+def test_log_value_is_one_field(text: str, logged: str) -> None:
+    assert log_value(text) == logged
+
+
+def test_a_relayed_message_in_a_log_is_one_field_however_it_ends() -> None:
+    """A peer's text keeps its backslashes; a quote in it never ends the
+    value early, whatever comes before it."""
+    value = log_value('refused \\" key=forged', relayed=True)
+    assert value == '"refused \\\\x22 key=forged"'
+    assert value.count('"') == 2
