@@ -14,20 +14,16 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Bidirectional controls (embeddings, overrides, isolates, marks) that
-# reorder what the eye sees without being visible themselves.
-_BIDI = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
+# Cc: C0, DEL and C1 controls.  Cf: format characters, invisible
+# themselves: bidirectional controls that reorder what the eye sees
+# (U+202E), zero-width spaces and joiners, the byte order mark, tags.
+# Zl/Zp: line and paragraph separators.  Cs: lone surrogates, left by
+# os.fsdecode of bytes that were not UTF-8.
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
 
 
 def _is_unsafe(ch: str) -> bool:
-    if ch in _BIDI:
-        return True
-    category = unicodedata.category(ch)
-    # Cc: C0, DEL and C1 controls; Zl/Zp: line and paragraph separators;
-    # Cs: lone surrogates left by os.fsdecode of undecodable bytes.
-    return category in ("Cc", "Zl", "Zp", "Cs")
+    return unicodedata.category(ch) in _UNSAFE_CATEGORIES
 
 
 def _escape(ch: str) -> str:
@@ -37,7 +33,9 @@ def _escape(ch: str) -> str:
         return f"\\x{code - 0xDC00:02x}"
     if code <= 0xFF:
         return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch, f"\\x{code:02x}")
-    return f"\\u{code:04x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def printable(text: str) -> str:
@@ -46,8 +44,8 @@ def printable(text: str) -> str:
     Backslashes are doubled so that an escaped form cannot be confused with
     a name that literally contains ``\\x1b``.
     """
-    if text.isprintable() and "\\" not in text and _BIDI.isdisjoint(text):
-        return text
+    if text.isprintable() and "\\" not in text:
+        return text  # isprintable() is false for every unsafe character
     return "".join("\\\\" if ch == "\\" else _shown(ch) for ch in text)
 
 

@@ -25,6 +25,11 @@ ESCAPED = {
     "arabic letter mark": ("a\u061cb", "a\\u061cb"),
     "line separator": ("a\u2028b", "a\\u2028b"),
     "paragraph separator": ("a\u2029b", "a\\u2029b"),
+    "zero-width space": ("pay\u200bpal", "pay\\u200bpal"),
+    "zero-width joiner": ("a\u200db", "a\\u200db"),
+    "byte order mark": ("\ufeffname", "\\ufeffname"),
+    "soft hyphen": ("a\u00adb", "a\\xadb"),
+    "tag character": ("a\U000e0041b", "a\\U000e0041b"),
     "undecodable byte": (os.fsdecode(b"bad\xffname"), "bad\\xffname"),
     "backslash doubled": ("a\\b", "a\\\\b"),
     "backslash before escape": ("\\\x1b", "\\\\\\x1b"),
@@ -66,7 +71,7 @@ def test_escaped_form_differs_from_a_name_spelling_it_out() -> None:
 
 def is_unsafe(ch: str) -> bool:
     category = unicodedata.category(ch)
-    return ch in BIDI_CONTROLS or category in ("Cc", "Zl", "Zp", "Cs")
+    return ch in BIDI_CONTROLS or category in ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 def test_no_unsafe_character_survives() -> None:
