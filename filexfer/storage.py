@@ -457,12 +457,12 @@ class LocalStore:
         return part
 
     def _check_space(self, name: str, size: int) -> None:
-        free = self.free_bytes()
-        needed = size + self._reserved + self.min_free
-        if needed > free:
+        # "free" is what this file may use: neither the space set aside
+        # for files on their way nor the --min-free the receiver keeps.
+        usable = self.free_bytes() - self._reserved - self.min_free
+        if size > usable:
             raise RefusedError(
-                "not enough space (needs "
-                f"{_mib(size)}, {_mib(max(0, free - self._reserved))} free)",
+                f"not enough space (needs {_mib(size)}, {_mib(max(0, usable))} free)",
                 Code.NO_SPACE,
             )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,6 +235,22 @@ def test_reserve_keeps_the_minimum_free(root: Path) -> None:
         assert caught.value.code is Code.NO_SPACE
     finally:
         strict.close()
+
+
+def test_a_refusal_for_space_counts_the_minimum_free_out(root: Path) -> None:
+    """The free space a refusal shows is what the file could have used:
+    never more than it needs, as "needs 6.7 MiB, 7.4 MiB free" was."""
+    keeping = LocalStore(root, min_free=0)
+    keeping.min_free = keeping.free_bytes() - (2 << 20)  # about 2 MiB usable
+    try:
+        with pytest.raises(RefusedError) as caught:
+            keeping.reserve("big.bin", 3 << 20, False)
+    finally:
+        keeping.close()
+
+    shown = re.search(r"\(needs 3\.0 MiB, ([0-9.]+) MiB free\)", str(caught.value))
+    assert shown is not None, caught.value
+    assert float(shown.group(1)) < 3.0  # other writers may move it a little
 
 
 def test_reservations_add_up_until_released(root: Path) -> None:
