@@ -24,6 +24,7 @@ import errno
 import functools
 import logging
 import secrets
+import select
 import signal
 import socket
 import threading
@@ -105,6 +106,11 @@ FILES_PER_SESSION = 160
 # reads authorized_senders) must not take what the sessions wait for.
 FILES_PER_HANDSHAKE = 4
 FILES_KEPT = 16  # standard streams, the listener, the log, libraries
+# With every handshake slot taken, a newcomer takes the slot of the
+# connection that has been silent longest, if that is this long: a client
+# sends its first handshake message as soon as it connects, so idle
+# connections from anyone cannot lock authorized senders out.
+SILENT_EVICT = 1.0
 
 
 def _peer_text(address: object) -> str:
@@ -112,6 +118,16 @@ def _peer_text(address: object) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)
+
+
+def _has_input(conn: socket.socket) -> bool:
+    """Whether bytes (or the end of the stream) wait on conn, unread."""
+    poller = select.poll()
+    try:
+        poller.register(conn, select.POLLIN)
+    except (OSError, ValueError):
+        return False  # closed meanwhile
+    return bool(poller.poll(0))
 
 
 class Server:
@@ -124,6 +140,10 @@ class Server:
         self.handshake_slots = threading.BoundedSemaphore(config.max_handshakes)
         self.session_slots = threading.BoundedSemaphore(config.max_sessions)
         self.conns: set[socket.socket] = set()
+        # Connections that have not sent a byte yet: when each was accepted,
+        # and from where.
+        self.silent: dict[socket.socket, tuple[float, str]] = {}
+        self.evicted: set[socket.socket] = set()
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
         self.once_result: FilexferError | None = None
@@ -223,7 +243,9 @@ class Server:
                 )
                 time.sleep(0.1)
             return
-        if not self.handshake_slots.acquire(blocking=False):
+        if not self.handshake_slots.acquire(blocking=False) and not (
+            self._evict_silent() and self.handshake_slots.acquire(timeout=1.0)
+        ):
             log.warning(
                 "event=session.refused peer=%s reason=too_many_handshakes",
                 _peer_text(address),
@@ -232,6 +254,42 @@ class Server:
             return
         self._start(conn, address)
 
+    def _evict_silent(self) -> bool:
+        """Close the connection silent longest, if for SILENT_EVICT or more.
+
+        Its thread then gives its handshake slot back.  Returns whether one
+        was closed.
+        """
+        now = time.monotonic()
+        with self.lock:
+            found = self._longest_silent(now)
+            if found is None:
+                return False
+            conn, (since, peer) = found
+            self.evicted.add(conn)
+        log.warning(
+            "event=session.evicted peer=%s reason=silent seconds=%.1f",
+            peer,
+            now - since,
+        )
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def _longest_silent(
+        self, now: float
+    ) -> tuple[socket.socket, tuple[float, str]] | None:
+        """Take the connection silent longest from ``silent`` (under the
+        lock), if for SILENT_EVICT or more.  One whose bytes wait unread
+        by its thread is dropped from it on the way: it is not silent."""
+        for conn, entry in sorted(self.silent.items(), key=lambda item: item[1][0]):
+            if now - entry[0] < SILENT_EVICT:
+                return None
+            del self.silent[conn]
+            if not _has_input(conn):
+                return conn, entry
+        return None
+
     def _start(self, conn: socket.socket, address: object) -> None:
         thread = threading.Thread(
             target=self._handle, args=(conn, address), daemon=True
@@ -239,7 +297,14 @@ class Server:
         with self.lock:
             self.threads.add(thread)
             self.conns.add(conn)
+            self.silent[conn] = (time.monotonic(), _peer_text(address))
         thread.start()
+
+    def _heard(self, conn: socket.socket) -> bool:
+        """Note that conn has sent its first message; False if evicted."""
+        with self.lock:
+            self.silent.pop(conn, None)
+            return conn not in self.evicted
 
     def _handle(self, conn: socket.socket, address: object) -> None:
         session_id = secrets.token_hex(4)
@@ -255,6 +320,9 @@ class Server:
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
         finally:
+            with self.lock:  # no longer a candidate for eviction
+                self.silent.pop(conn, None)
+                self.evicted.discard(conn)
             self.handshake_slots.release()
         try:
             if channel is not None:
@@ -283,6 +351,7 @@ class Server:
                 self._authorized,
                 self.config.timeouts,
                 self.config.max_record,
+                functools.partial(self._heard, conn),
             )
         except TrustError as exc:
             log.warning(
@@ -293,6 +362,9 @@ class Server:
             )
             _drain_and_close(conn)
         except FilexferError as exc:
+            with self.lock:
+                if conn in self.evicted:
+                    return None  # logged as evicted
             log.warning(
                 "event=session.handshake_failed session=%s peer=%s reason=%s",
                 session_id,

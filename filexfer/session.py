@@ -544,8 +544,13 @@ def accept(
     authorized: Callable[[bytes], bool],
     timeouts: Timeouts = Timeouts(),
     max_plaintext: int = MAX_PLAINTEXT,
+    heard: Callable[[], bool] | None = None,
 ) -> Channel:
     """Complete the handshake as responder on an accepted socket.
+
+    ``heard`` is called once the sender's first message is in; if it
+    returns False (the daemon closed the connection meanwhile), the
+    handshake ends there with ConnectError.
 
     Raises:
         TrustError: the sender's key is not authorized (it has been told).
@@ -556,6 +561,8 @@ def accept(
     with translate("handshake", peer="sender", deadline=deadline):
         state = HandshakeState(False, identity.private, PROLOGUE)
         state.read_message(_recv_frame(sock, deadline))
+        if heard is not None and not heard():
+            raise ConnectError("handshake: closed by this side")
         _send_frame(sock, state.write_message(_my_hello(max_plaintext)), deadline)
         hello = _hello_from(state.read_message(_recv_frame(sock, deadline)))
         send, recv = state.split()

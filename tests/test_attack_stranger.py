@@ -23,6 +23,7 @@ import pytest
 
 from filexfer import messages as msgs
 from filexfer.errors import Code
+from filexfer.server import SILENT_EVICT
 from tests.attackers import (
     Crowd,
     HostileClient,
@@ -322,6 +323,33 @@ def test_handshake_slot_limit_refuses_at_once(tmp_path: Path) -> None:
         watch.wait_lines("WARNING", "session.handshake_failed", 2)
         done = pair.put(source)
         assert done.returncode == 0, done.stderr
+    finally:
+        pair.receiver.stop()
+
+
+def test_silent_connections_give_their_slots_to_a_sender(tmp_path: Path) -> None:
+    """Connections that send nothing cannot lock senders out: with every
+    handshake slot taken, a newcomer takes the slot of the one silent
+    longest, once that has been silent for SILENT_EVICT seconds.  Those
+    that have begun a handshake keep theirs (the test above)."""
+    pair = open_pair(tmp_path, "--max-handshakes", "2", "--handshake-timeout", "30")
+    try:
+        watch = LogWatch(pair.receiver)
+        with Crowd() as crowd:
+            first = stranger(pair.receiver.port)
+            crowd.add(first)
+            crowd.add(stranger(pair.receiver.port))
+            time.sleep(SILENT_EVICT + 0.5)
+
+            source = random_file(tmp_path / "src" / "through.bin", 100)
+            done = pair.put(source)
+
+            assert done.returncode == 0, done.stderr
+            assert closed_by_peer(first, timeout=5)
+            evicted = watch.lines("WARNING", "session.evicted")
+            assert len(evicted) == 1 and "reason=silent" in evicted[0]
+            assert "too_many_handshakes" not in watch.text()
+        assert sha256(pair.area / "through.bin") == sha256(source)
     finally:
         pair.receiver.stop()
 
