@@ -243,8 +243,10 @@ class Server:
                 )
                 time.sleep(0.1)
             return
+        # An evicted connection's thread gives its slot back at once; the
+        # wait only covers a machine too busy to run that thread now.
         if not self.handshake_slots.acquire(blocking=False) and not (
-            self._evict_silent() and self.handshake_slots.acquire(timeout=1.0)
+            self._evict_silent() and self.handshake_slots.acquire(timeout=2.0)
         ):
             log.warning(
                 "event=session.refused peer=%s reason=too_many_handshakes",
