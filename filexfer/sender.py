@@ -12,12 +12,14 @@ bytes read, and counts as copied only when the receiver's ``Done`` carries
 the same digest, which it sends after the file is durable under its final
 name.
 
-A source is opened once, at offer time; its size, mtime, inode and device
-are compared again after the last byte is read.  Any difference, a short
-read or extra bytes end that file with ``Abort`` instead of ``End``: the
-receiver discards it, and the result says the file changed while being
-sent.  Reading goes through the open descriptor, so a file renamed or
-replaced during the send is sent as it was when opened.
+A source is opened once, at offer time; its size, mtime, mode, inode,
+device and ctime are compared again after the last byte is read.  Any
+difference, a short read or extra bytes end that file with ``Abort``
+instead of ``End``: the receiver discards it, and the result says the
+file changed while being sent.  The ctime moves with any write, even one
+whose mtime was put back, and also with a rename, a new link or a chmod:
+all count as changes, so that no copy is ever confirmed that matches no
+moment of the source.
 
 Every file of a job ends with exactly one :class:`FileResult`, whatever
 happens: a local failure (missing file, unreadable directory, a name the
@@ -77,13 +79,11 @@ class _Stat(NamedTuple):
     inode: int
     device: int
     ctime_ns: int
-    links: int
 
     @classmethod
     def of(cls, info: os.stat_result) -> _Stat:
         size, mtime, ctime = info.st_size, info.st_mtime_ns, info.st_ctime_ns
-        where = info.st_ino, info.st_dev
-        return cls(size, mtime, info.st_mode, *where, ctime, info.st_nlink)
+        return cls(size, mtime, info.st_mode, info.st_ino, info.st_dev, ctime)
 
 
 @dataclass(slots=True)
@@ -661,27 +661,18 @@ def _source_error(opened: _Opened, joint: str, why: str, code: Code) -> LocalFil
 def _check_unchanged(reader: io.FileIO, opened: _Opened) -> None:
     """Raise unless the source ended as it was when opened.
 
-    Its size and mtime must be the same.  So must a local file's ctime
-    while its path still leads to it with as many links: a writer that put
-    the mtime back leaves that trace.  A file renamed, replaced or linked
-    meanwhile changes its ctime too, and is sent as it was opened.  (The
-    daemon's stored files change in place only by their metadata, when an
-    identical copy is sent with new ones.)
+    Its size, mtime, mode, inode and device must be the same, and so must
+    a local file's ctime, which no writer can put back: a write whose
+    mtime was restored still shows there.  So does a rename, a new link
+    or a chmod meanwhile, which count as changes too.  (The daemon's own
+    stored files change in place only by their metadata, when an
+    identical copy is sent with new ones, so their ctime is not checked.)
     """
     extra = reader.read(1)
     now = _Stat.of(os.fstat(reader.fileno()))
-    before = opened.info
-    if extra or now[:5] != before[:5]:
+    compared = 5 if opened.source.opener is not None else 6
+    if extra or now[:compared] != opened.info[:compared]:
         raise _changed(opened)
-    if opened.source.opener is not None:
-        return  # a stored file: only the daemon writes it, never in place
-    if now.ctime_ns != before.ctime_ns and now.links == before.links:
-        try:
-            there = os.stat(opened.source.path, follow_symlinks=False)
-        except OSError:
-            return  # renamed away or deleted: what was opened was sent
-        if (there.st_ino, there.st_dev) == (now.inode, now.device):
-            raise _changed(opened)
 
 
 def send_files(

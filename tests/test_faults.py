@@ -363,34 +363,43 @@ def test_stored_file_changed_while_served_names_it_not_the_daemons_path(
     live_pair.receiver.wait_for_log(pattern)
 
 
-def test_source_replaced_while_sent_is_copied_as_opened(
-    live_pair: Pair, tmp_path: Path
+def rewrite_then_rename(path: Path) -> None:
+    """A writer that puts the mtime back, then renames: nothing of the
+    file's own stat but its ctime tells."""
+    rewrite_and_put_mtime_back(path)
+    os.rename(path, path.with_suffix(".moved"))
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["replaced", "linked", "chmod", "rewritten-mtime-kept-and-linked", "renamed"],
+)
+def test_source_renamed_linked_or_chmod_while_sent_counts_as_changed(
+    live_pair: Pair, tmp_path: Path, how: str
 ) -> None:
-    """The open descriptor is what is sent: the copy is the old file, whole."""
-    source = random_file(tmp_path / "live-replaced.bin", LIVE, seed=1)
-    old = tmp_path / "old.bin"
+    """What was read cannot be told apart from a torn read once the ctime
+    moved: the file fails as changed, and no copy is committed."""
+    source = random_file(tmp_path / f"live-{how}.bin", LIVE, seed=4)
+    changes: dict[str, Callable[[], object]] = {
+        "replaced": lambda: (
+            source.rename(tmp_path / "old.bin"),
+            random_file(source, LIVE, seed=2),
+        ),
+        "linked": lambda: os.link(source, tmp_path / "another-name.bin"),
+        "chmod": lambda: os.chmod(source, 0o600),
+        "rewritten-mtime-kept-and-linked": lambda: (
+            rewrite_and_put_mtime_back(source),
+            os.link(source, tmp_path / "second-name.bin"),
+        ),
+        "renamed": lambda: rewrite_then_rename(source),
+    }
 
-    def replace() -> None:
-        source.rename(old)
-        random_file(source, LIVE, seed=2)
+    code, stderr = send_while_changing(live_pair, [source], changes[how])
 
-    code, stderr = send_while_changing(live_pair, [source], replace)
-
-    assert code == 0, stderr
-    assert sha256(live_pair.area / "live-replaced.bin") == sha256(old)
-
-
-def test_source_linked_while_sent_is_copied(live_pair: Pair, tmp_path: Path) -> None:
-    """A new hard link changes the ctime but not a byte: not a change."""
-    source = random_file(tmp_path / "live-linked.bin", LIVE, seed=4)
-    expected = sha256(source)
-
-    code, stderr = send_while_changing(
-        live_pair, [source], lambda: os.link(source, tmp_path / "another-name.bin")
-    )
-
-    assert code == 0, stderr
-    assert sha256(live_pair.area / "live-linked.bin") == expected
+    assert code == 8, stderr
+    assert "changed while being sent; not copied" in stderr
+    assert not (live_pair.area / source.name).exists()
+    assert leftovers(live_pair.area) == []
 
 
 def test_source_changed_in_a_three_file_job(live_pair: Pair, tmp_path: Path) -> None:
