@@ -19,6 +19,7 @@ The daemon never draws progress; it logs one line per event.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -106,11 +107,13 @@ FILES_PER_SESSION = 160
 # reads authorized_senders) must not take what the sessions wait for.
 FILES_PER_HANDSHAKE = 4
 FILES_KEPT = 16  # standard streams, the listener, the log, libraries
-# With every handshake slot taken, a newcomer takes the slot of the
-# connection that has been silent longest, if that is this long: a client
-# sends its first handshake message as soon as it connects, so idle
-# connections from anyone cannot lock authorized senders out.
-SILENT_EVICT = 1.0
+# With every handshake slot taken, a newcomer takes the slot of a
+# connection that has sent nothing for at least this long: a client sends
+# its first handshake message as soon as it connects (its bytes arrive
+# with the end of the TCP handshake), so idle connections cannot hold the
+# slots.  The one taken is the oldest from the address that holds the most
+# such connections, so a flood from one place evicts its own first.
+SILENT_EVICT = 0.05
 
 
 def _peer_text(address: object) -> str:
@@ -141,8 +144,8 @@ class Server:
         self.session_slots = threading.BoundedSemaphore(config.max_sessions)
         self.conns: set[socket.socket] = set()
         # Connections that have not sent a byte yet: when each was accepted,
-        # and from where.
-        self.silent: dict[socket.socket, tuple[float, str]] = {}
+        # and from where (the address, and the host alone).
+        self.silent: dict[socket.socket, tuple[float, str, str]] = {}
         self.evicted: set[socket.socket] = set()
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
@@ -257,20 +260,20 @@ class Server:
         self._start(conn, address)
 
     def _evict_silent(self) -> bool:
-        """Close the connection silent longest, if for SILENT_EVICT or more.
+        """Close a connection silent for SILENT_EVICT or more, if any.
 
         Its thread then gives its handshake slot back.  Returns whether one
         was closed.
         """
         now = time.monotonic()
         with self.lock:
-            found = self._longest_silent(now)
+            found = self._silent_victim(now)
             if found is None:
                 return False
-            conn, (since, peer) = found
+            conn, (since, peer, _) = found
             self.evicted.add(conn)
         log.warning(
-            "event=session.evicted peer=%s reason=silent seconds=%.1f",
+            "event=session.evicted peer=%s reason=silent seconds=%.2f",
             peer,
             now - since,
         )
@@ -278,19 +281,27 @@ class Server:
             conn.shutdown(socket.SHUT_RDWR)
         return True
 
-    def _longest_silent(
+    def _silent_victim(
         self, now: float
-    ) -> tuple[socket.socket, tuple[float, str]] | None:
-        """Take the connection silent longest from ``silent`` (under the
-        lock), if for SILENT_EVICT or more.  One whose bytes wait unread
-        by its thread is dropped from it on the way: it is not silent."""
-        for conn, entry in sorted(self.silent.items(), key=lambda item: item[1][0]):
-            if now - entry[0] < SILENT_EVICT:
-                return None
-            del self.silent[conn]
-            if not _has_input(conn):
-                return conn, entry
-        return None
+    ) -> tuple[socket.socket, tuple[float, str, str]] | None:
+        """Take from ``silent`` (under the lock) the connection to evict: of
+        those silent for SILENT_EVICT or more, the oldest from the host with
+        the most.  One whose bytes wait unread by its thread is dropped
+        from ``silent`` on the way: it is not silent."""
+        for conn, entry in list(self.silent.items()):
+            if now - entry[0] >= SILENT_EVICT and _has_input(conn):
+                del self.silent[conn]
+        candidates = [
+            (conn, entry)
+            for conn, entry in self.silent.items()
+            if now - entry[0] >= SILENT_EVICT
+        ]
+        if not candidates:
+            return None
+        per_host = collections.Counter(entry[2] for _, entry in candidates)
+        victim = min(candidates, key=lambda item: (-per_host[item[1][2]], item[1][0]))
+        del self.silent[victim[0]]
+        return victim
 
     def _start(self, conn: socket.socket, address: object) -> None:
         thread = threading.Thread(
@@ -299,7 +310,8 @@ class Server:
         with self.lock:
             self.threads.add(thread)
             self.conns.add(conn)
-            self.silent[conn] = (time.monotonic(), _peer_text(address))
+            host = str(address[0]) if isinstance(address, tuple) else str(address)
+            self.silent[conn] = (time.monotonic(), _peer_text(address), host)
         thread.start()
 
     def _heard(self, conn: socket.socket) -> bool:

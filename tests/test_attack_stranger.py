@@ -15,6 +15,7 @@ import random
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,6 +352,38 @@ def test_silent_connections_give_their_slots_to_a_sender(tmp_path: Path) -> None
             assert "too_many_handshakes" not in watch.text()
         assert sha256(pair.area / "through.bin") == sha256(source)
     finally:
+        pair.receiver.stop()
+
+
+def test_a_stream_of_silent_connections_does_not_lock_senders_out(
+    tmp_path: Path,
+) -> None:
+    """New idle connections arriving all the time (20 a second for two
+    slots): none is ever a second old, yet a sender still gets through,
+    taking the slot of one that has said nothing for 50 ms."""
+    pair = open_pair(tmp_path, "--max-handshakes", "2", "--handshake-timeout", "30")
+    stop = threading.Event()
+    idle: list[socket.socket] = []
+
+    def flood() -> None:
+        while not stop.wait(0.05):
+            with contextlib.suppress(OSError):
+                idle.append(stranger(pair.receiver.port))
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    flooding.start()
+    try:
+        time.sleep(0.5)
+        source = random_file(tmp_path / "src" / "through-a-flood.bin", 100)
+        for _ in range(3):
+            done = pair.put("--overwrite", "--retry", "2", source)
+            assert done.returncode == 0, done.stderr
+        assert sha256(pair.area / "through-a-flood.bin") == sha256(source)
+    finally:
+        stop.set()
+        flooding.join()
+        for sock in idle:
+            sock.close()
         pair.receiver.stop()
 
 
