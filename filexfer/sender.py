@@ -12,8 +12,8 @@ bytes read, and counts as copied only when the receiver's ``Done`` carries
 the same digest, which it sends after the file is durable under its final
 name.
 
-A source is opened once, at offer time; its size, mtime, mode, inode,
-device and ctime are compared again after the last byte is read.  Any
+A source is opened once, at offer time; its size, mtime, inode, device
+and ctime are compared again after the last byte is read.  Any
 difference, a short read or extra bytes end that file with ``Abort``
 instead of ``End``: the receiver discards it, and the result says the
 file changed while being sent.  The ctime moves with any write, even one
@@ -661,17 +661,24 @@ def _source_error(opened: _Opened, joint: str, why: str, code: Code) -> LocalFil
 def _check_unchanged(reader: io.FileIO, opened: _Opened) -> None:
     """Raise unless the source ended as it was when opened.
 
-    Its size, mtime, mode, inode and device must be the same, and so must
-    a local file's ctime, which no writer can put back: a write whose
-    mtime was restored still shows there.  So does a rename, a new link
-    or a chmod meanwhile, which count as changes too.  (The daemon's own
+    Its size, mtime, inode and device must be the same, and so must a
+    local file's ctime, which no writer can put back: a write whose mtime
+    was restored still shows there.  So does a rename, a new link or a
+    chmod meanwhile, which count as changes too.  (The daemon's own
     stored files change in place only by their metadata, when an
     identical copy is sent with new ones, so their ctime is not checked.)
     """
     extra = reader.read(1)
-    now = _Stat.of(os.fstat(reader.fileno()))
-    compared = 5 if opened.source.opener is not None else 6
-    if extra or now[:compared] != opened.info[:compared]:
+    now, then = _Stat.of(os.fstat(reader.fileno())), opened.info
+    same = (now.size, now.mtime_ns, now.inode, now.device) == (
+        then.size,
+        then.mtime_ns,
+        then.inode,
+        then.device,
+    )
+    if opened.source.opener is None:
+        same = same and now.ctime_ns == then.ctime_ns
+    if extra or not same:
         raise _changed(opened)
 
 
