@@ -277,6 +277,8 @@ def _download(
     # Every part gets the name a rerun of this download looks for, so that
     # a killed get leaves nothing the next one does not take over.
     mask = KEEP_MODES_MASK if keep_modes else MODE_MASK
+    # What each request stands for when a job fails before any answer.
+    stand_ins = [Source(str(root / r.local), r.local) for r in requests]
     try:
         from .getter import get_files
 
@@ -285,12 +287,10 @@ def _download(
         load_libc()
         bars = Progress(show_bar(quiet, progress), 0, 1)
     except KeyboardInterrupt:
-        asked = [Source(str(root / r.local), r.local) for r in requests]
-        _stopped_before_start(asked, (as_json, quiet), "received")
+        _stopped_before_start(stand_ins, (as_json, quiet), "received")
     started = time.monotonic()
 
     def attempt() -> tuple[list[FileResult], FilexferError | None]:
-        stand_ins = [Source(str(root / r.local), r.local) for r in requests]
         channel = _connect(remote)
         if isinstance(channel, FilexferError):
             return unsent(stand_ins, channel), channel
