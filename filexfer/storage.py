@@ -787,11 +787,7 @@ def _holds(fd: int, info: os.stat_result, metadata: tuple[int, int, bytes]) -> b
     mode, mtime_ns, digest = metadata
     if (stat.S_IMODE(info.st_mode), info.st_mtime_ns) != (mode, mtime_ns):
         return False
-    try:
-        value = os.getxattr(fd, DIGEST_ATTR)
-    except OSError:
-        return False
-    return value == _DIGEST_VALUE.pack(digest, info.st_size, mtime_ns)
+    return _remembered_digest(fd, info) == digest
 
 
 def _remember_digest(fd: int, digest: bytes, size: int, mtime_ns: int) -> None:
@@ -874,11 +870,17 @@ def _stored_digest(dir_fd: int, last: str, info: os.stat_result) -> bytes | None
     except OSError:
         return None
     try:
+        return _remembered_digest(fd, info)
+    finally:
+        os.close(fd)
+
+
+def _remembered_digest(fd: int, info: os.stat_result) -> bytes | None:
+    """The digest kept with the file at fd, if still valid for its info."""
+    try:
         value = os.getxattr(fd, DIGEST_ATTR)
     except OSError:
         return None
-    finally:
-        os.close(fd)
     if len(value) != _DIGEST_VALUE.size:
         return None
     digest, size, mtime_ns = _DIGEST_VALUE.unpack(value)
