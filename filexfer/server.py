@@ -288,14 +288,14 @@ class Server:
         those silent for SILENT_EVICT or more, the oldest from the host with
         the most.  One whose bytes wait unread by its thread is dropped
         from ``silent`` on the way: it is not silent."""
+        candidates = []
         for conn, entry in list(self.silent.items()):
-            if now - entry[0] >= SILENT_EVICT and _has_input(conn):
-                del self.silent[conn]
-        candidates = [
-            (conn, entry)
-            for conn, entry in self.silent.items()
-            if now - entry[0] >= SILENT_EVICT
-        ]
+            if now - entry[0] < SILENT_EVICT:
+                continue
+            if _has_input(conn):
+                del self.silent[conn]  # heard, not read yet
+            else:
+                candidates.append((conn, entry))
         if not candidates:
             return None
         per_host = collections.Counter(entry[2] for _, entry in candidates)
