@@ -405,6 +405,37 @@ def identity(path: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+def sleeps_in(pid: int, kernel_function: str) -> bool:
+    """Whether the process is asleep in the kernel function named (its
+    wchan), e.g. ``pipe_write`` for a write to a full pipe."""
+    return kernel_function in Path(f"/proc/{pid}/wchan").read_text()
+
+
+def terminated_once(
+    args: Sequence[str | os.PathLike[str]],
+    home: Path,
+    ready: Callable[[subprocess.Popen[str]], bool],
+    what: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run filexfer ARGS, send it SIGTERM once ready(process) holds, and
+    return how it ended (output ready() read is not in it)."""
+    process = subprocess.Popen(
+        filexfer_command(*args),
+        env=base_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: ready(process), what)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
     """Poll CONDITION (a file appearing, a process ending) until it holds."""
     deadline = time.monotonic() + timeout

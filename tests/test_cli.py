@@ -47,6 +47,7 @@ from tests.helpers import (
     new_identity,
     random_file,
     sha256,
+    terminated_once,
     wait_until,
 )
 
@@ -1137,26 +1138,19 @@ def test_a_signal_while_put_reads_its_folders_reports_each_argument(
     single = tmp_path / "single.txt"
     single.write_bytes(b"one\n")
     command = ["put", "--json", "-r", single, tree, f"127.0.0.1:{closed_port()}"]
-    process = subprocess.Popen(
-        filexfer_command(*command),
-        env=base_env(sender_home),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        warning = process.stderr.readline()
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    warnings: list[str] = []
 
-    assert "a-link: not a regular file" in warning
-    assert process.returncode == 130, stderr
-    assert stderr == "filexfer: error: interrupted; copy not completed\n"
-    records = [json.loads(line) for line in stdout.splitlines()]
+    def walking(process: subprocess.Popen[str]) -> bool:
+        assert process.stderr is not None
+        warnings.append(process.stderr.readline())
+        return True
+
+    done = terminated_once(command, sender_home, walking, "the walk to start")
+
+    assert "a-link: not a regular file" in warnings[0]
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "filexfer: error: interrupted; copy not completed\n"
+    records = [json.loads(line) for line in done.stdout.splitlines()]
     assert {record["status"] for record in records} == {"failed"}
     assert [(r["name"], r["type"]) for r in records] == [
         ("single.txt", "file"),

@@ -41,7 +41,9 @@ from tests.helpers import (
     leftovers,
     random_file,
     sha256,
+    sleeps_in,
     stray_parts,
+    terminated_once,
     tree_digests,
     wait_until,
 )
@@ -390,30 +392,18 @@ def test_a_signal_while_the_report_waits_for_its_reader_changes_nothing(
     report short."""
     top = tmp_path / "src" / "report"
     many_small_files(top, 1500)  # far more --json than a pipe holds
-    process = subprocess.Popen(
-        [*filexfer_command(*pair.put_args("--json", "-r", top))],
-        env=base_env(pair.sender_home),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    done = terminated_once(
+        pair.put_args("--json", "-r", top),
+        pair.sender_home,
+        lambda process: sleeps_in(process.pid, "pipe_write"),
+        "a blocked report",
     )
-    try:
-        wait_until(lambda: _writes_to_a_full_pipe(process.pid), "a blocked report")
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
 
-    assert process.returncode == 0, stderr
-    records = [json.loads(line) for line in stdout.splitlines()]
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(records) == 1500
     assert {record["status"] for record in records} == {"ok"}
-    assert stderr == ""
-
-
-def _writes_to_a_full_pipe(pid: int) -> bool:
-    return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+    assert done.stderr == ""
 
 
 def test_a_crowd_at_a_daemon_with_few_descriptors_is_busy_not_refused(

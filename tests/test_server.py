@@ -13,7 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers import Pair, base_env, filexfer_command, wait_until
+from tests.helpers import (
+    Pair,
+    sleeps_in,
+    terminated_once,
+)
 
 SAMPLE = b"server test\n"
 
@@ -138,24 +142,12 @@ def test_a_stop_signal_while_starting_is_a_clean_stop(
     home.mkdir()
     shutil.copy(pair.receiver.home / "identity", home / "identity")
     os.mkfifo(home / "authorized_senders")
-    command = ["recv", "--dir", tmp_path / "out", "--listen", "127.0.0.1:0"]
-    process = subprocess.Popen(
-        filexfer_command(*command),
-        env=base_env(home),
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    done = terminated_once(
+        ["recv", "--dir", tmp_path / "out", "--listen", "127.0.0.1:0"],
+        home,
+        lambda process: sleeps_in(process.pid, "wait_for_partner"),
+        "recv reading the FIFO",
     )
-    try:
-        wait_until(lambda: _waits_for_a_writer(process.pid), "recv reading the FIFO")
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        process.kill()
 
-    assert process.returncode == 0, stderr
-    assert "error" not in stderr
-
-
-def _waits_for_a_writer(pid: int) -> bool:
-    return Path(f"/proc/{pid}/wchan").read_text() == "wait_for_partner"
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr
