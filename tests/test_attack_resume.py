@@ -9,6 +9,7 @@ both succeed.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -142,13 +143,19 @@ def test_two_identical_uploads_at_once_both_succeed(
     assert leftovers(shared.area) == []
 
 
-def test_put_skips_leftover_part_files_in_a_tree(shared: Pair, tmp_path: Path) -> None:
-    top = tmp_path / "src" / "dl"
+def put_tree_beside(
+    shared: Pair, top: Path, part_like: str
+) -> subprocess.CompletedProcess[str]:
+    """put -r a folder of real.txt and a file named part_like."""
     top.mkdir(parents=True)
     (top / "real.txt").write_text("real\n")
-    (top / ".filexfer-0123456789abcdef.part").write_text("half a download")
+    (top / part_like).write_text("some bytes\n")
+    return shared.put("-r", top)
 
-    done = shared.put("-r", top)
+
+def test_put_skips_leftover_part_files_in_a_tree(shared: Pair, tmp_path: Path) -> None:
+    top = tmp_path / "src" / "dl"
+    done = put_tree_beside(shared, top, ".filexfer-0123456789abcdef.part")
 
     assert done.returncode == 0, done.stderr
     assert "an unfinished filexfer download" in done.stderr
@@ -162,11 +169,7 @@ def test_a_users_file_named_like_a_part_file_fails_not_vanishes(
     user's file that merely looks like one is a file that cannot be sent
     (exit 7), not one quietly left out of a backup."""
     top = tmp_path / "src" / "mine"
-    top.mkdir(parents=True)
-    (top / "real.txt").write_text("real\n")
-    (top / ".filexfer-notes.part").write_text("the user's own\n")
-
-    done = shared.put("-r", top)
+    done = put_tree_beside(shared, top, ".filexfer-notes.part")
 
     assert done.returncode == 7, done.stderr
     assert ".filexfer-notes.part: cannot be sent (bad path: names" in done.stderr

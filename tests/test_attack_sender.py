@@ -59,6 +59,17 @@ def client(pair: Pair) -> HostileClient:
     return HostileClient(pair.receiver.port, pair.sender_home)
 
 
+def send_one(
+    pair: Pair, name: str, data: bytes
+) -> tuple[list[msgs.Message | None], LogWatch]:
+    """One file sent as a hostile client would; its answers, and the log."""
+    watch = LogWatch(pair.receiver)
+    end = client(pair)
+    answer = end.send_file(name, data)
+    end.finish()
+    return answer, watch
+
+
 def tree(root: Path) -> set[str]:
     """Every path under root, directories and links included."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}
@@ -185,11 +196,7 @@ def test_a_name_cannot_pass_for_more_log_fields(shared: Pair) -> None:
     """A name with spaces, '=' and quotes is one quoted value in the log,
     so the line still has one of each field."""
     name = 'evil bytes=999999 key=SHA256:FORGED "digest=00'
-    watch = LogWatch(shared.receiver)
-    end = client(shared)
-
-    answer = end.send_file(name, b"data")
-    end.finish()
+    answer, watch = send_one(shared, name, b"data")
 
     assert [type(m) for m in answer] == [msgs.Accept, msgs.Done]
     line = watch.lines("INFO", "transfer.complete")[0]
@@ -205,11 +212,7 @@ def test_bidi_override_name_is_stored_exactly_and_logged_escaped(
     """U+202E is not a control character: it is stored as sent, and shown
     escaped wherever a person reads it."""
     name = "invoice\u202etxt.exe"
-    watch = LogWatch(shared.receiver)
-    end = client(shared)
-
-    answer = end.send_file(name, b"MZ")
-    end.finish()
+    answer, watch = send_one(shared, name, b"MZ")
 
     assert [type(m) for m in answer] == [msgs.Accept, msgs.Done]
     assert (shared.area / name).read_bytes() == b"MZ"
