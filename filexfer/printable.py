@@ -17,13 +17,14 @@ import unicodedata
 # Cc: C0, DEL and C1 controls.  Cf: format characters, invisible
 # themselves: bidirectional controls that reorder what the eye sees
 # (U+202E), zero-width spaces and joiners, the byte order mark, tags.
+# Zs: spaces other than the plain one (a no-break space passes for it).
 # Zl/Zp: line and paragraph separators.  Cs: lone surrogates, left by
 # os.fsdecode of bytes that were not UTF-8.
-_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp", "Cs"))
 
 
 def _is_unsafe(ch: str) -> bool:
-    return unicodedata.category(ch) in _UNSAFE_CATEGORIES
+    return ch != " " and unicodedata.category(ch) in _UNSAFE_CATEGORIES
 
 
 def _escape(ch: str) -> str:

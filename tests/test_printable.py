@@ -26,6 +26,8 @@ ESCAPED = {
     "line separator": ("a\u2028b", "a\\u2028b"),
     "paragraph separator": ("a\u2029b", "a\\u2029b"),
     "zero-width space": ("pay\u200bpal", "pay\\u200bpal"),
+    "no-break space": ("a\u00a0b", "a\\xa0b"),
+    "ideographic space": ("a\u3000b", "a\\u3000b"),
     "zero-width joiner": ("a\u200db", "a\\u200db"),
     "byte order mark": ("\ufeffname", "\\ufeffname"),
     "soft hyphen": ("a\u00adb", "a\\xadb"),
@@ -71,7 +73,10 @@ def test_escaped_form_differs_from_a_name_spelling_it_out() -> None:
 
 def is_unsafe(ch: str) -> bool:
     category = unicodedata.category(ch)
-    return ch in BIDI_CONTROLS or category in ("Cc", "Cf", "Zl", "Zp", "Cs")
+    space_like = category == "Zs" and ch != " "
+    return (
+        ch in BIDI_CONTROLS or space_like or category in ("Cc", "Cf", "Zl", "Zp", "Cs")
+    )
 
 
 def test_no_unsafe_character_survives() -> None:
